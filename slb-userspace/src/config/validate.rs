@@ -426,14 +426,23 @@ pub fn check_acl<P: Params>(p: &mut P) -> Result<Acl, Vec<Issue>> {
 }
 
 /// B7.9: comma-separated IPs/CIDRs; allow-all entries (`0.0.0.0`, `0.0.0.0/0`, `::/0`) are refused.
-pub fn parse_source_items(text: &str) -> Result<Vec<IpNet>, String> {
+/// The issue's path is `SourceItems`; the API also uses this for Add/RemoveListenerWhiteListItem.
+pub fn parse_source_items(text: &str) -> Result<Vec<IpNet>, Issue> {
+    let invalid = |detail: String| {
+        Issue::new(
+            "SourceItems",
+            ApiCode::InvalidParameter,
+            Some("B7.9"),
+            format!("The specified parameter SourceItems is not valid: {detail}"),
+        )
+    };
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| match parse_net(item) {
-            None => Err(format!("The specified parameter SourceItems is not valid: {item:?}")),
-            Some(net) if net.prefix_len() == 0 || net.addr().is_unspecified() => Err(format!(
-                "The specified parameter SourceItems is not valid: {item:?} allows everybody; use AccessControlStatus = \"close\" instead"
+            None => Err(invalid(format!("{item:?}"))),
+            Some(net) if net.prefix_len() == 0 || net.addr().is_unspecified() => Err(invalid(
+                format!("{item:?} allows everybody; use AccessControlStatus = \"close\" instead"),
             )),
             Some(net) => Ok(net),
         })
@@ -747,8 +756,8 @@ fn read_access_control<P: Params>(r: &mut Read<'_, P>) -> Option<Option<Vec<IpNe
         .unwrap_or(false);
     let items = match parse_source_items(&r.string("SourceItems").unwrap_or_default()) {
         Ok(items) => items,
-        Err(message) => {
-            r.issue("SourceItems", ApiCode::InvalidParameter, "B7.9", message);
+        Err(issue) => {
+            r.issues.push(issue);
             return None;
         }
     };
