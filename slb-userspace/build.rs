@@ -6,16 +6,30 @@ use anyhow::{bail, Context as _};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().context("workspace root")?.to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
     for dir in ["slb-ebpf/src", "slb-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("slb-ebpf/Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("slb-ebpf/Cargo.toml").display()
+    );
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&root)
-        .args(["run", "nightly", "cargo", "build", "--package", "slb-ebpf", "--release"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "slb-ebpf",
+            "--release",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -33,12 +47,17 @@ fn main() -> anyhow::Result<()> {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\u{1f}-Clink-arg=--btf");
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
+    );
     let status = cmd
         .status()
         .context("running the nightly cargo for slb-ebpf (run `cargo xtask setup`)")?;
     if !status.success() {
-        bail!("building slb-ebpf failed ({status}); `cargo xtask setup` installs the BPF toolchain");
+        bail!(
+            "building slb-ebpf failed ({status}); `cargo xtask setup` installs the BPF toolchain"
+        );
     }
     let obj = target_dir.join("bpfel-unknown-none/release/slb-ebpf");
     println!("cargo:rustc-env=SLB_EBPF_OBJECT={}", obj.display());

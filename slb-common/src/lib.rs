@@ -23,7 +23,7 @@ pub const MAX_LISTENERS: u32 = 4096;
 /// Backend slots; one slot per distinct (address, port), shared by every listener using it.
 pub const MAX_BACKENDS: u32 = 65536;
 /// Entries of the table slab holding every listener's Maglev ring or scheduling sequence.
-pub const SLAB_ENTRIES: u32 = 1 << 22;
+pub const SLAB_ENTRIES: u32 = 1 << 21;
 /// Default capacity of each connection-tracking table (flows), overridable in the config.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 20;
 pub const DEFAULT_PERSIST_ENTRIES: u32 = 1 << 18;
@@ -42,6 +42,7 @@ pub const TCP_CLOSING_TIMEOUT_S: u32 = 10;
 pub const TCP_SYN_TIMEOUT_S: u32 = 30;
 
 pub const MAP_LISTENERS: &str = "LISTENERS";
+pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_BACKEND_DOWN: &str = "BACKEND_DOWN";
 pub const MAP_BACKEND_CONNS: &str = "BACKEND_CONNS";
@@ -56,8 +57,9 @@ pub const MAP_LISTENER_STATS: &str = "LISTENER_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 /// Every map the program declares, in the order `slb stats` and the pin directory list them.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_LISTENERS,
+    MAP_VIPS,
     MAP_BACKENDS,
     MAP_BACKEND_DOWN,
     MAP_BACKEND_CONNS,
@@ -105,6 +107,17 @@ pub const SCHED_TCH: u32 = 4;
 pub const SCHED_QCH: u32 = 5;
 /// Master/slave group: the table is `[master, slave]`, the first usable one wins (B4.6).
 pub const SCHED_MASTER_SLAVE: u32 = 6;
+
+/// Key of `VIPS`: every service address, so that fragments and IPv4 options addressed to a VIP
+/// can be recognised without ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -196,8 +209,9 @@ pub struct RevFlowEntry {
     pub vport: u16,
     pub _pad: u16,
     pub listener: u32,
+    pub backend: u32,
 }
-const _: () = assert!(size_of::<RevFlowEntry>() == 24);
+const _: () = assert!(size_of::<RevFlowEntry>() == 28);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -376,6 +390,7 @@ mod pod {
     use super::*;
     // SAFETY: every type is `#[repr(C)]`, `Copy`, and has no padding bytes (asserted by size).
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for ListenerMeta {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for SlabEntry {}

@@ -1,4 +1,329 @@
+//! `slb`: the agent and its operator commands.
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use slb::{
+    agent::Agent,
+    config,
+    dataplane::{image::Image, loader, maps::Maps},
+    replay::{self, Harness, Ingress},
+    simulate, stats,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "slb",
+    version,
+    about = "Alibaba SLB-compatible load balancer with an XDP data plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the XDP program, program the configuration, and keep it in sync (SIGHUP reloads).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Attach here instead of the configuration's `Agent.Interfaces` (repeatable).
+        #[arg(long)]
+        iface: Vec<String>,
+        #[arg(long, value_enum)]
+        xdp_mode: Option<Mode>,
+    },
+    /// Validate a configuration and print what would be programmed.
+    CheckConfig { file: PathBuf },
+    /// Which backend a new flow gets, from the tables the kernel uses.
+    Simulate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum)]
+        proto: Proto,
+        #[arg(long)]
+        src: SocketAddr,
+        #[arg(long)]
+        dst: SocketAddr,
+        /// UDP payload (hex), for `qch`.
+        #[arg(long)]
+        payload_hex: Option<String>,
+    },
+    /// Counters of a running agent.
+    Stats {
+        #[arg(long, default_value = "/sys/fs/bpf/slb")]
+        pin_path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run each packet of a pcap once through the program programmed from a configuration.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        pcap_in: PathBuf,
+        #[arg(long)]
+        pcap_out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the program and remove every pinned map and link of an agent.
+    Unload {
+        #[arg(long, default_value = "/sys/fs/bpf/slb")]
+        pin_path: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    println!("{} bytes of BPF", slb::EBPF_OBJECT.len());
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().cmd {
+        Cmd::Serve {
+            config,
+            iface,
+            xdp_mode,
+        } => serve(&config, iface, xdp_mode),
+        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Simulate {
+            config,
+            proto,
+            src,
+            dst,
+            payload_hex,
+        } => simulate_cmd(&config, proto, src, dst, payload_hex.as_deref()),
+        Cmd::Stats { pin_path, json } => {
+            let maps = Maps::from_pins(&pin_path).with_context(|| {
+                format!("is an agent running with PinPath {}?", pin_path.display())
+            })?;
+            let s = stats::collect(&maps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", stats::render(&s));
+            }
+            Ok(())
+        }
+        Cmd::Replay {
+            config,
+            pcap_in,
+            pcap_out,
+            json,
+        } => replay_cmd(&config, &pcap_in, &pcap_out, json),
+        Cmd::Unload { pin_path } => Ok(loader::unload(&pin_path)?),
+    }
+}
+
+fn load_config(
+    path: &Path,
+    ifaces: Vec<String>,
+    mode: Option<Mode>,
+) -> anyhow::Result<config::Config> {
+    let mut cfg = config::load(path)?;
+    if !ifaces.is_empty() {
+        cfg.agent.interfaces = ifaces;
+    }
+    if let Some(m) = mode {
+        cfg.agent.xdp_mode = match m {
+            Mode::Native => config::XdpMode::Native,
+            Mode::Generic => config::XdpMode::Generic,
+        };
+    }
+    Ok(cfg)
+}
+
+fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result<()> {
+    let cfg = load_config(path, ifaces.clone(), mode)?;
+    let (mut agent, report) = Agent::start(&cfg)?;
+    log::info!("programmed: {report:?}");
+    println!(
+        "slb ready: {} listeners on [{}], maps pinned at {}",
+        cfg.load_balancers
+            .iter()
+            .map(|lb| lb.listeners.len())
+            .sum::<usize>(),
+        cfg.agent.interfaces.join(", "),
+        agent.pin_dir.display()
+    );
+    std::io::stdout().flush()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match load_config(path, ifaces.clone(), mode) {
+                    Ok(cfg) => match agent.reload(&cfg) {
+                        Ok(r) => log::info!("reloaded {}: {r:?}", path.display()),
+                        Err(e) => log::error!("reload failed, maps may be partly updated: {e}"),
+                    },
+                    Err(e) => log::error!("reload rejected, keeping the running configuration: {e:#}"),
+                },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        log::info!(
+            "exiting; the data plane keeps forwarding (`slb unload --pin-path {}` removes it)",
+            agent.pin_dir.display()
+        );
+        anyhow::Ok(())
+    })
+}
+
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let image = Image::build(&cfg, &Default::default());
+    println!("{}: valid", path.display());
+    for (key, l) in &image.listeners {
+        let mut shares: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &l.table {
+            *shares.entry(e.backend.to_string()).or_default() += 1;
+        }
+        let shares = shares
+            .iter()
+            .map(|(b, n)| format!("{b}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "listener {} ({}) flags={:#x} scheduler={} table={} [{}] acl={} legacy={} persistence={}s idle={}s",
+            l.name,
+            stats::listener_label(key),
+            l.flags,
+            l.scheduler,
+            l.table.len(),
+            shares,
+            l.acl.as_deref().unwrap_or("-"),
+            l.legacy_acl.as_deref().unwrap_or("-"),
+            l.persistence_timeout,
+            l.idle_timeout
+        );
+    }
+    for (name, nets) in &image.acls {
+        println!("acl {name}: {} entries", nets.len());
+    }
+    Ok(())
+}
+
+fn simulate_cmd(
+    path: &Path,
+    proto: Proto,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload_hex: Option<&str>,
+) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let image = Image::build(&cfg, &Default::default());
+    let proto_num = match proto {
+        Proto::Tcp => slb_common::PROTO_TCP,
+        Proto::Udp => slb_common::PROTO_UDP,
+    };
+    let key = slb::dataplane::image::listener_key(dst.ip(), dst.port(), proto_num);
+    let Some(l) = image.listeners.get(&key) else {
+        bail!("no listener on {dst}/{proto_num}: the packet would be passed to the kernel stack");
+    };
+    let payload = match payload_hex {
+        Some(h) => hex_decode(h)?,
+        None => Vec::new(),
+    };
+    match simulate::start_index(l, src, dst, &payload) {
+        Some(start) => match simulate::pick(l, start) {
+            Some(e) => println!(
+                "{} -> {} (table slot {start} of {})",
+                l.name,
+                e.backend,
+                l.table.len()
+            ),
+            None => println!("{}: no usable backend, new flows are dropped", l.name),
+        },
+        None if l.table.is_empty() => {
+            println!("{}: no usable backend, new flows are dropped", l.name)
+        }
+        None => {
+            let members: Vec<String> = l.table.iter().map(|e| e.backend.to_string()).collect();
+            println!(
+                "{}: scheduler {} depends on run-time state; a fresh CPU's first flow -> {}; sequence: {}",
+                l.name,
+                l.scheduler,
+                members[0],
+                members.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() % 2 != 0 {
+        bail!("odd number of hex digits");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("bad hex at {i}")))
+        .collect()
+}
+
+fn replay_cmd(
+    config_path: &Path,
+    pcap_in: &Path,
+    pcap_out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = config::load(config_path)?;
+    let image = Image::build(&cfg, &Default::default());
+    let records = replay::pcap::read(pcap_in)?;
+    let mut harness = Harness::new(&image, cfg.agent.flow_table_size)?;
+    let mut counts = [0usize; 5];
+    let mut out = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let o = harness.run(&r.data, Ingress::Lb)?;
+        if let Some(c) = counts.get_mut(o.action as usize) {
+            *c += 1;
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"index": i, "verdict": replay::action_name(o.action), "output_len": o.data.len()})
+            );
+        }
+        if o.action == 3 || o.action == 4 {
+            out.push(replay::pcap::Record {
+                ts_sec: r.ts_sec,
+                ts_frac: r.ts_frac,
+                data: o.data,
+            });
+        }
+    }
+    replay::pcap::write(pcap_out, &out)?;
+    println!(
+        "replayed {} packets: tx={} redirect={} pass={} drop={} aborted={}",
+        records.len(),
+        counts[3],
+        counts[4],
+        counts[2],
+        counts[1],
+        counts[0]
+    );
     Ok(())
 }

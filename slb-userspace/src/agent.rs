@@ -1,0 +1,68 @@
+//! The running data plane of `slb serve`: the loaded program, its pinned maps, and the sync
+//! that keeps them equal to the configuration.
+use std::{collections::BTreeSet, path::PathBuf};
+
+use aya::{programs::XdpMode, Ebpf};
+
+use crate::{
+    config::{self, Config},
+    dataplane::{
+        image::{BackendAddr, Image},
+        loader::{self, LoadOptions, Loaded},
+        sync::{Sync, SyncReport},
+        DataplaneError,
+    },
+};
+
+pub struct Agent {
+    _ebpf: Ebpf,
+    pub sync: Sync,
+    pub pin_dir: PathBuf,
+    /// Backends the health checker reported down; left out of rings and sequences.
+    pub down: BTreeSet<BackendAddr>,
+}
+
+pub fn xdp_mode(m: config::XdpMode) -> XdpMode {
+    match m {
+        config::XdpMode::Native => XdpMode::Driver,
+        config::XdpMode::Generic => XdpMode::Skb,
+    }
+}
+
+impl Agent {
+    /// Loads (or adopts, after a restart) the pinned data plane, programs `cfg` and attaches
+    /// to every configured interface.
+    pub fn start(cfg: &Config) -> Result<(Agent, SyncReport), DataplaneError> {
+        let pin_dir = cfg.agent.pin_path.clone();
+        let Loaded { mut ebpf, maps } = loader::load(&LoadOptions {
+            pin_dir: Some(pin_dir.clone()),
+            flow_entries: cfg.agent.flow_table_size,
+            persist_entries: cfg.agent.persist_table_size,
+        })?;
+        let mut sync = Sync::adopt(maps)?;
+        let down = BTreeSet::new();
+        let report = sync.apply(&Image::build(cfg, &down))?;
+        for iface in &cfg.agent.interfaces {
+            loader::attach(
+                &mut ebpf,
+                iface,
+                xdp_mode(cfg.agent.xdp_mode),
+                Some(&pin_dir),
+            )?;
+        }
+        Ok((
+            Agent {
+                _ebpf: ebpf,
+                sync,
+                pin_dir,
+                down,
+            },
+            report,
+        ))
+    }
+
+    /// Applies a new configuration: only the difference reaches the maps.
+    pub fn reload(&mut self, cfg: &Config) -> Result<SyncReport, DataplaneError> {
+        self.sync.apply(&Image::build(cfg, &self.down))
+    }
+}

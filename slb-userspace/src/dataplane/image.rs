@@ -1,0 +1,266 @@
+//! The logical content of the maps for a configuration: listeners with their scheduling tables
+//! in terms of backend addresses, and ACLs by name. `sync` assigns slots and writes it;
+//! `slb simulate` and `slb check-config` read it directly, so they see the same tables.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use ipnet::IpNet;
+use slb_common::*;
+
+use super::{maglev, sequence};
+use crate::config::{
+    AclType, Config, GroupRef, InstanceStatus, Listener, ListenerStatus, LoadBalancer, Member,
+    MemberRole, Protocol, Scheduler,
+};
+
+/// A backend as the data plane knows it: one slot per distinct address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr(pub SocketAddr);
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableEntry {
+    pub backend: BackendAddr,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerImage {
+    /// `<LoadBalancerId>/<protocol>/<port>`, for humans.
+    pub name: String,
+    pub flags: u32,
+    pub scheduler: u32,
+    pub acl: Option<String>,
+    pub legacy_acl: Option<String>,
+    pub persistence_timeout: u32,
+    pub idle_timeout: u32,
+    /// What `SLAB` holds for this listener (see `ListenerMeta::table_off`).
+    pub table: Vec<TableEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub listeners: BTreeMap<ListenerKey, ListenerImage>,
+    /// ACL name → entries; legacy white lists are named `legacy:<LoadBalancerId>:<port>`.
+    pub acls: BTreeMap<String, Vec<IpNet>>,
+}
+
+/// Address words in network order as the kernel reads them, and the family.
+pub fn addr_words(addr: IpAddr) -> ([u32; 4], u8) {
+    match addr {
+        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], FAMILY_V4),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+        }
+    }
+}
+
+pub fn words_addr(words: &[u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    }
+}
+
+pub fn listener_key(vip: IpAddr, port: u16, proto: u8) -> ListenerKey {
+    let (addr, family) = addr_words(vip);
+    ListenerKey {
+        addr,
+        port: port.to_be(),
+        proto,
+        family,
+    }
+}
+
+fn scheduler_code(s: Scheduler) -> u32 {
+    match s {
+        Scheduler::Wrr => SCHED_WRR,
+        Scheduler::Rr => SCHED_RR,
+        Scheduler::Wlc => SCHED_WLC,
+        Scheduler::Sch => SCHED_SCH,
+        Scheduler::Tch => SCHED_TCH,
+        Scheduler::Qch => SCHED_QCH,
+    }
+}
+
+/// The table for one listener. Members with weight 0 or marked down are left out of rings and
+/// sequences (the kernel also checks both, for the time until the table is rewritten);
+/// master/slave tables keep both members in order so failover needs no rewrite (B4.6).
+pub fn table(scheduler: u32, members: &[Member], down: &BTreeSet<BackendAddr>) -> Vec<TableEntry> {
+    let addr = |m: &Member| BackendAddr(SocketAddr::new(m.addr, m.port));
+    if scheduler == SCHED_MASTER_SLAVE {
+        let mut ms: Vec<&Member> = members.iter().collect();
+        ms.sort_by_key(|m| m.role != MemberRole::Master);
+        return ms
+            .into_iter()
+            .map(|m| TableEntry {
+                backend: addr(m),
+                weight: m.weight.into(),
+            })
+            .collect();
+    }
+    let live: Vec<TableEntry> = members
+        .iter()
+        .filter(|m| m.weight > 0 && !down.contains(&addr(m)))
+        .map(|m| TableEntry {
+            backend: addr(m),
+            weight: m.weight.into(),
+        })
+        .collect();
+    match scheduler {
+        SCHED_SCH | SCHED_TCH | SCHED_QCH => {
+            let names: Vec<String> = live.iter().map(|e| e.backend.to_string()).collect();
+            let ring: Vec<maglev::RingMember> = live
+                .iter()
+                .zip(&names)
+                .enumerate()
+                .map(|(i, (e, name))| maglev::RingMember {
+                    name,
+                    slot: i as u32,
+                    weight: e.weight,
+                })
+                .collect();
+            maglev::build(&ring)
+                .into_iter()
+                .map(|i| live[i as usize].clone())
+                .collect()
+        }
+        SCHED_WRR => {
+            let weights: Vec<(u32, u32)> = live
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i as u32, e.weight))
+                .collect();
+            sequence::smooth_wrr(&weights)
+                .into_iter()
+                .map(|i| live[i as usize].clone())
+                .collect()
+        }
+        _ => live,
+    }
+}
+
+fn protocol_code(p: Protocol) -> (u8, u32) {
+    match p {
+        Protocol::Tcp => (PROTO_TCP, 0),
+        Protocol::Udp => (PROTO_UDP, 0),
+        Protocol::Http | Protocol::Https => (PROTO_TCP, LF_L7),
+    }
+}
+
+fn listener_image(
+    cfg: &Config,
+    lb: &LoadBalancer,
+    l: &Listener,
+    down: &BTreeSet<BackendAddr>,
+    acls: &mut BTreeMap<String, Vec<IpNet>>,
+) -> ListenerImage {
+    let l7 = protocol_code(l.protocol).1;
+    let mut flags = l7;
+    if l.status == ListenerStatus::Running {
+        flags |= LF_RUNNING;
+    }
+    if lb.status == InstanceStatus::Active {
+        flags |= LF_INSTANCE_ACTIVE;
+    }
+    let mut acl = None;
+    if let Some(la) = &l.acl {
+        // An ACL without entries forwards everything, white or black (B7.4).
+        if let Some(a) = cfg.acls.iter().find(|a| a.acl_id == la.acl_id) {
+            if !a.entries.is_empty() {
+                flags |= match la.acl_type {
+                    AclType::White => LF_ACL_WHITE,
+                    AclType::Black => LF_ACL_BLACK,
+                };
+                acls.insert(
+                    a.acl_id.clone(),
+                    a.entries.iter().map(|e| e.entry).collect(),
+                );
+                acl = Some(a.acl_id.clone());
+            }
+        }
+    }
+    let mut legacy_acl = None;
+    if let Some(items) = &l.access_control {
+        // An open white list passes only its items; empty, it passes nobody (B7.8).
+        flags |= LF_LEGACY_WHITE;
+        let name = format!("legacy:{}:{}", lb.load_balancer_id, l.listener_port);
+        acls.insert(name.clone(), items.clone());
+        legacy_acl = Some(name);
+    }
+    let scheduler = match l.group {
+        GroupRef::MasterSlave(_) => SCHED_MASTER_SLAVE,
+        _ => scheduler_code(l.scheduler),
+    };
+    let table = if l7 != 0 {
+        Vec::new()
+    } else {
+        table(scheduler, &cfg.listener_members(lb, l), down)
+    };
+    ListenerImage {
+        name: format!(
+            "{}/{}/{}",
+            lb.load_balancer_id,
+            protocol_name(l.protocol),
+            l.listener_port
+        ),
+        flags,
+        scheduler,
+        acl,
+        legacy_acl,
+        persistence_timeout: if l7 != 0 { 0 } else { l.persistence_timeout },
+        idle_timeout: match l.protocol {
+            Protocol::Udp => UDP_IDLE_TIMEOUT_S,
+            _ => l.established_timeout,
+        },
+        table,
+    }
+}
+
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+    }
+}
+
+impl Image {
+    /// The image of a validated configuration, with `down` backends out of the tables.
+    pub fn build(cfg: &Config, down: &BTreeSet<BackendAddr>) -> Image {
+        let mut image = Image::default();
+        for lb in &cfg.load_balancers {
+            for l in &lb.listeners {
+                let proto = protocol_code(l.protocol).0;
+                let key = listener_key(lb.address, l.listener_port, proto);
+                let li = listener_image(cfg, lb, l, down, &mut image.acls);
+                image.listeners.insert(key, li);
+            }
+        }
+        image
+    }
+
+    /// Every backend some listener's table refers to.
+    pub fn backends(&self) -> BTreeSet<BackendAddr> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.table.iter().map(|e| e.backend))
+            .collect()
+    }
+}
