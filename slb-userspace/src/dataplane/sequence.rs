@@ -18,8 +18,8 @@ pub fn smooth_wrr(members: &[(u32, u32)]) -> Vec<u32> {
     if divisor == 0 {
         return Vec::new();
     }
-    // Dividing by the gcd shortens the period without changing the order: nginx's choices depend
-    // only on the ratios of the running counters, which scale with the weights.
+    // Dividing by the gcd shortens the period without changing the order: scaling every weight by
+    // g scales every running counter by g, so nginx would make the same choices.
     let weights: Vec<i64> = live.iter().map(|&(_, w)| i64::from(w / divisor)).collect();
     let total: i64 = weights.iter().sum();
 
