@@ -135,7 +135,11 @@ pub fn table(scheduler: u32, members: &[Member], down: &BTreeSet<BackendAddr>) -
                     weight: e.weight,
                 })
                 .collect();
-            maglev::build(&ring)
+            // The ring size follows a capacity that changes only when the member count crosses
+            // a power of two (min 64), so adding or removing one backend keeps M and moves
+            // only about 1/N of the keys (B5.8).
+            let capacity = ring.len().next_power_of_two().max(64);
+            maglev::build_for_capacity(&ring, capacity)
                 .into_iter()
                 .map(|i| live[i as usize].clone())
                 .collect()
