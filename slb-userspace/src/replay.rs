@@ -1,6 +1,6 @@
 //! Runs packets through the real XDP program with `BPF_PROG_TEST_RUN`, with maps programmed by
 //! the agent's own sync code. The run happens in a private network namespace whose FIB is
-//! fixed, so forwarded packets get deterministic MACs: interface `lb0` (02:00:00:00:00:01,
+//! fixed, so forwarded packets get deterministic MACs: veth `lb0` (02:00:00:00:00:01,
 //! ifindex 2) routes everything to a gateway 02:00:00:00:00:02. A packet that arrives on `lb0`
 //! and leaves by it is `XDP_TX`; one that arrives on `lo` is `XDP_REDIRECT`ed to `lb0`.
 use std::{
@@ -97,7 +97,8 @@ fn enter_private_netns() -> Result<u32, ReplayError> {
     // Children spawned from this thread inherit its namespace.
     for cmd in [
         "ip link set lo up",
-        "ip link add lb0 type dummy",
+        "ip link add lb0 type veth peer name lb0p",
+        "ip link set lb0p up",
         "ip link set lb0 address 02:00:00:00:00:01",
         "ip link set lb0 up",
         "ip addr add 169.254.0.1/30 dev lb0",
