@@ -38,7 +38,7 @@ pub fn start_index(
 }
 
 /// The backend a new flow gets when its start index is known (see `start_index`).
-pub fn pick<'a>(li: &'a ListenerImage, start: u32) -> Option<&'a TableEntry> {
+pub fn pick(li: &ListenerImage, start: u32) -> Option<&TableEntry> {
     let len = li.table.len() as u32;
     (0..MAX_PROBES)
         .map(|i| &li.table[((start + i) % len) as usize])

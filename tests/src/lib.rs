@@ -32,7 +32,7 @@ fn mac(s: &str) -> anyhow::Result<[u8; 6]> {
 
 pub fn hex(s: &str) -> anyhow::Result<Vec<u8>> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("odd number of hex digits");
     }
     (0..s.len())
