@@ -1,3 +1,200 @@
-fn main() -> anyhow::Result<()> {
+//! `cargo xtask <command>`: developer commands for slb.
+//!
+//! # Layout
+//! * `setup`: installs what building and testing need (idempotent).
+//! * `demo`: `build-and-load`, the agent in a network-namespace lab, or on a real interface.
+//! * this file: the command line, `test` and `replay`.
+mod demo;
+mod setup;
+
+use std::{
+    ffi::OsString,
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use xtask::cmd;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer commands for slb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the BPF toolchain (nightly rust-src, bpf-linker), the Debian packages the tests
+    /// and the demo use, and mount bpffs. Does nothing when everything is there.
+    Setup,
+    /// Run setup, then rustfmt, clippy and every test of the workspace (including the
+    /// privileged ones), and print a summary.
+    Test,
+    /// Build slb and run it. Without options: bring up the demo lab (network namespaces
+    /// slb-client, slb-lb, slb-b1..3), load the agent with xtask/demo/slb.toml, and keep it
+    /// running until Ctrl-C, which tears everything down.
+    BuildAndLoad {
+        /// Serve on this real interface instead of the demo lab.
+        #[arg(long, requires = "config")]
+        iface: Option<String>,
+        /// Configuration file to serve (with --iface).
+        #[arg(long, requires = "iface")]
+        config: Option<PathBuf>,
+        /// XDP attach mode (with --iface).
+        #[arg(long, requires = "iface")]
+        xdp_mode: Option<XdpMode>,
+    },
+    /// Build slb and run `slb replay <ARGS>`, e.g.
+    /// `--config FILE --pcap-in IN --pcap-out OUT [--json]`.
+    #[command(disable_help_flag = true)]
+    Replay {
+        /// Passed to `slb replay` unchanged (so `--help` shows its help).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpMode {
+    Native,
+    Generic,
+}
+
+impl XdpMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let ws = Workspace::locate()?;
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test => test(&ws),
+        Cmd::BuildAndLoad {
+            iface: Some(iface),
+            config: Some(config),
+            xdp_mode,
+        } => {
+            setup::run()?;
+            let slb = ws.build_slb()?;
+            demo::serve_on_iface(&slb, &config, &iface, xdp_mode.map(XdpMode::as_str))
+        }
+        // clap's `requires` guarantees --iface and --config come together.
+        Cmd::BuildAndLoad { .. } => {
+            setup::run()?;
+            let slb = ws.build_slb()?;
+            demo::run(&ws, &slb)
+        }
+        Cmd::Replay { args } => {
+            setup::run()?;
+            let slb = ws.build_slb()?;
+            let mut replay = Command::new(&slb);
+            replay.arg("replay").args(args);
+            let status = replay
+                .status()
+                .with_context(|| format!("running `{}`", cmd::display(&replay)))?;
+            exit_like(status)
+        }
+    }
+}
+
+/// The workspace this xtask belongs to.
+struct Workspace {
+    root: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Result<Workspace> {
+        // xtask is always run from its own source tree (`cargo xtask` is a cargo alias).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask's manifest directory has no parent")?
+            .to_path_buf();
+        Ok(Workspace { root })
+    }
+
+    /// `cargo` with the workspace root as working directory. `$CARGO` is the cargo that runs
+    /// us, so nested builds use the same toolchain.
+    fn cargo(&self) -> Command {
+        let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cargo.current_dir(&self.root);
+        cargo
+    }
+
+    /// Builds the agent in release mode and returns the path of the `slb` binary.
+    fn build_slb(&self) -> Result<PathBuf> {
+        cmd::run_visible(
+            self.cargo()
+                .args(["build", "--release", "-p", "slb-userspace"]),
+        )?;
+        Ok(self.target_dir()?.join("release/slb"))
+    }
+
+    /// Asks cargo, because CARGO_TARGET_DIR or a config file may move it from `target/`.
+    fn target_dir(&self) -> Result<PathBuf> {
+        let json =
+            cmd::output(
+                self.cargo()
+                    .args(["metadata", "--format-version", "1", "--no-deps"]),
+            )?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&json).context("parsing `cargo metadata` output")?;
+        let dir = meta["target_directory"]
+            .as_str()
+            .context("`cargo metadata` has no target_directory")?;
+        Ok(PathBuf::from(dir))
+    }
+}
+
+/// `cargo xtask test`: setup, then every check; all checks run even if one fails, so a single
+/// run shows everything that needs fixing.
+fn test(ws: &Workspace) -> Result<()> {
+    setup::run().context("setup failed; nothing was tested")?;
+    let steps: [(&str, &[&str]); 3] = [
+        ("fmt", &["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+        ),
+        ("test", &["test", "--workspace"]),
+    ];
+    let mut results = Vec::new();
+    for (name, args) in steps {
+        println!("==> cargo {}", args.join(" "));
+        let started = Instant::now();
+        let result = cmd::run_visible(ws.cargo().args(args));
+        if let Err(e) = &result {
+            eprintln!("{e:#}");
+        }
+        results.push((name, result.is_ok(), started.elapsed()));
+    }
+    println!("\nxtask test summary:");
+    for (name, ok, took) in &results {
+        let verdict = if *ok { "ok" } else { "FAILED" };
+        println!("  {name:<8}{verdict:<8}{:>7.1}s", took.as_secs_f64());
+    }
+    let failed: Vec<&str> = results.iter().filter(|r| !r.1).map(|r| r.0).collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    println!("all checks passed");
     Ok(())
+}
+
+/// Ends xtask with the same exit status as a child it ran in the foreground (128 + signal if
+/// the child was killed, as shells report it).
+fn exit_like(status: ExitStatus) -> ! {
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    std::process::exit(code)
 }

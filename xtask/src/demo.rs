@@ -1,0 +1,277 @@
+//! `cargo xtask build-and-load`: the agent in the demo lab, or on a real interface.
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    net::SocketAddr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use xtask::{
+    cmd,
+    lab::{self, Lab, Service},
+};
+
+use crate::{exit_like, Workspace};
+
+/// Relative to the workspace root.
+const DEMO_CONFIG: &str = "xtask/demo/slb.toml";
+/// The lab the demo config is written for: namespaces `slb-lb`, `slb-client`, `slb-b1..3`,
+/// addresses `10.77.*` and `fd77:77:*`.
+const PREFIX: &str = "slb";
+const N: u8 = 77;
+const BACKENDS: usize = 3;
+/// The demo config's `BackendServerPort`s.
+const BACKEND_TCP_PORT: u16 = 8080;
+const BACKEND_UDP_PORT: u16 = 5353;
+/// How long the agent may take to print `slb ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `slb serve` on a real interface in the foreground and exits with its status.
+pub fn serve_on_iface(
+    slb: &Path,
+    config: &Path,
+    iface: &str,
+    xdp_mode: Option<&str>,
+) -> Result<()> {
+    let mut serve = Command::new(slb);
+    serve
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--iface", iface]);
+    if let Some(mode) = xdp_mode {
+        serve.args(["--xdp-mode", mode]);
+    }
+    // Ctrl-C reaches the agent too (same process group); xtask just waits to report its status.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    let status = serve
+        .status()
+        .with_context(|| format!("running `{}`", cmd::display(&serve)))?;
+    exit_like(status)
+}
+
+/// The demo: lab up, toy services on the backends, agent in the LB namespace, until Ctrl-C.
+pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
+    // Installed before anything is created, so that Ctrl-C always goes through the cleanup.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = Arc::clone(&interrupted);
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let config = ws.root.join(DEMO_CONFIG);
+    let pins = PinDir(pin_path(&config)?);
+    // A crashed earlier demo may have left pinned maps that the agent would pick up again.
+    pins.remove()?;
+    let lab = Lab::up(PREFIX, N, BACKENDS)?;
+    let services = start_services(&lab)?;
+
+    let (mut agent, lines) = Agent::start(slb, &config, lab.lb_ns())?;
+    let outcome = supervise(&mut agent, &lines, &interrupted, &lab, slb, &pins.0);
+
+    // Teardown order matters: the agent releases its XDP programs and pins before the pins are
+    // removed, and the services' sockets must be gone for the namespaces to disappear.
+    let stopped = agent.stop();
+    drop(services);
+    let unpinned = pins.remove();
+    let lab_down = lab.down().context("tearing the lab down");
+    println!("demo stopped and cleaned up");
+    outcome.and(stopped).and(unpinned).and(lab_down)
+}
+
+/// Waits for `slb ready`, prints how to try the demo, then relays the agent's output until
+/// Ctrl-C or until the agent exits on its own (an error).
+fn supervise(
+    agent: &mut Agent,
+    lines: &Receiver<String>,
+    interrupted: &AtomicBool,
+    lab: &Lab,
+    slb: &Path,
+    pin_path: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut early_output = Vec::new();
+    let mut ready = false;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if ready => println!("slb: {line}"),
+            Ok(line) => {
+                ready = line.starts_with("slb ready");
+                early_output.push(line);
+                if ready {
+                    print_try_it(lab, slb, pin_path);
+                }
+            }
+            // Disconnected: the agent closed its output, so `try_wait` below sees it exit.
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Some(status) = agent.child.try_wait().context("waiting for the agent")? {
+            // Whatever it printed last explains why.
+            early_output.extend(lines.try_iter());
+            bail!(
+                "the agent exited ({status}){}:\n{}",
+                if ready { "" } else { " before it was ready" },
+                early_output.join("\n")
+            );
+        }
+        if !ready && Instant::now() > deadline {
+            bail!(
+                "the agent did not print `slb ready` within {} s; its output so far:\n{}",
+                READY_TIMEOUT.as_secs(),
+                early_output.join("\n")
+            );
+        }
+    }
+}
+
+fn print_try_it(lab: &Lab, slb: &Path, pin_path: &Path) {
+    let client = &lab.client().ns;
+    let (vip4, vip6) = (lab.vip_v4(), lab.vip_v6());
+    println!(
+        "demo up: ip netns exec {client} nc -w1 {vip4} 80 </dev/null  (TCP; also: \
+         echo hi | ip netns exec {client} nc -u -w1 {vip4} 53, \
+         ip netns exec {client} nc -w1 {vip6} 80 </dev/null; \
+         stats: {} stats --pin-path {}); Ctrl-C to stop",
+        shown(slb).display(),
+        pin_path.display()
+    );
+}
+
+/// `path` relative to the current directory when it is below it, for a shorter hint.
+fn shown(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Each backend answers TCP and UDP on v4 and v6, named `b<i>` so replies show who answered.
+fn start_services(lab: &Lab) -> Result<Vec<Service>> {
+    let mut services = Vec::new();
+    for (i, backend) in lab.backends().iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        for ip in [backend.v4.into(), backend.v6.into()] {
+            let tcp = SocketAddr::new(ip, BACKEND_TCP_PORT);
+            let udp = SocketAddr::new(ip, BACKEND_UDP_PORT);
+            services.push(lab::spawn_tcp_service(&backend.ns, tcp, &name)?);
+            services.push(lab::spawn_udp_service(&backend.ns, udp, &name)?);
+        }
+    }
+    Ok(services)
+}
+
+/// `Agent.PinPath` of the demo config: what the agent pins, and what the demo removes.
+fn pin_path(config: &Path) -> Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    let pin = table
+        .get("Agent")
+        .and_then(|agent| agent.get("PinPath"))
+        .and_then(toml::Value::as_str)
+        .with_context(|| format!("{} sets no Agent.PinPath", config.display()))?;
+    Ok(PathBuf::from(pin))
+}
+
+/// The demo's bpffs pin directory.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.0.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The agent, running in the LB namespace.
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    /// Starts `slb serve` in namespace `ns`; its stdout and stderr lines arrive on the receiver.
+    fn start(slb: &Path, config: &Path, ns: &str) -> Result<(Agent, Receiver<String>)> {
+        let mut serve = Command::new("nsenter");
+        // nsenter enters only the network namespace: the agent stays in the root mount
+        // namespace, so its pins under /sys/fs/bpf are the ones the host sees (`ip netns exec`
+        // would give it a private /sys).
+        serve
+            .arg(format!("--net={}", lab::netns_path(ns).display()))
+            .arg(slb)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C in the terminal reaches only xtask, which then
+            // stops the agent in order and cleans up after it.
+            .process_group(0);
+        let mut child = serve
+            .spawn()
+            .with_context(|| format!("starting `{}`", cmd::display(&serve)))?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            relay_lines(out, tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            relay_lines(err, tx);
+        }
+        Ok((Agent { child }, rx))
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited after [`STOP_TIMEOUT`].
+    fn stop(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("agent pid")?);
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the agent")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().context("killing the agent")?;
+        self.child.wait().context("waiting for the agent")?;
+        bail!(
+            "the agent ignored SIGTERM for {} s and was killed",
+            STOP_TIMEOUT.as_secs()
+        )
+    }
+}
+
+/// Sends each line `from` produces to `to`, on a thread of its own so that neither pipe fills.
+fn relay_lines(from: impl Read + Send + 'static, to: Sender<String>) {
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if to.send(line).is_err() {
+                return;
+            }
+        }
+    });
+}
