@@ -29,6 +29,14 @@ pub fn xdp_mode(m: config::XdpMode) -> XdpMode {
     }
 }
 
+/// A translated reply whose next hop is not resolved yet goes to the kernel stack (see
+/// `slb-ebpf/src/nat.rs`); its source is the VIP, a local address, which the kernel drops as
+/// martian unless `accept_local` is on for the interface it arrived on.
+fn accept_local(iface: &str) -> Result<(), DataplaneError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"));
+    std::fs::write(&path, "1").map_err(|source| DataplaneError::Io { path, source })
+}
+
 impl Agent {
     /// Loads (or adopts, after a restart) the pinned data plane, programs `cfg` and attaches
     /// to every configured interface.
@@ -43,6 +51,7 @@ impl Agent {
         let down = BTreeSet::new();
         let report = sync.apply(&Image::build(cfg, &down))?;
         for iface in &cfg.agent.interfaces {
+            accept_local(iface)?;
             loader::attach(
                 &mut ebpf,
                 iface,
