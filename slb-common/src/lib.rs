@@ -30,6 +30,8 @@ pub const DEFAULT_PERSIST_ENTRIES: u32 = 1 << 18;
 pub const MAX_ACL_ENTRIES: u32 = 1 << 17;
 /// How many successive table slots the kernel probes when the chosen backend is down or drained.
 pub const MAX_PROBES: u32 = 16;
+/// How many distinct members the kernel scans after the probes failed.
+pub const MAX_MEMBER_SCAN: u32 = 64;
 /// Maglev rings are at least this many slots per backend (paper: M ≫ N).
 pub const MAGLEV_SLOTS_PER_BACKEND: u32 = 100;
 pub const MAGLEV_MIN_SIZE: u32 = 251;
@@ -139,7 +141,9 @@ pub struct ListenerMeta {
     pub persistence_timeout: u32,
     /// Idle timeout of an established flow in seconds (TCP `EstablishedTimeout`, UDP idle).
     pub idle_timeout: u32,
-    pub _pad: u32,
+    /// The distinct members follow the table in the slab (`table_off + table_len ..`): when
+    /// probing the table finds only down or drained backends, the kernel scans these.
+    pub members_len: u32,
 }
 const _: () = assert!(size_of::<ListenerMeta>() == 40);
 

@@ -98,6 +98,11 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Pkt, meta: &ListenerMeta) -> u32 {
         stats::listener(id, LS_PASS_L7, 1);
         return xdp_action::XDP_PASS;
     }
+    if pkt.ttl <= 1 {
+        // Untranslated, so the stack's ICMP time exceeded names the VIP, not a backend.
+        stats::global(GS_FIB_PASS);
+        return xdp_action::XDP_PASS;
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let fkey = conntrack::key(

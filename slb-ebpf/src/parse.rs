@@ -34,6 +34,8 @@ pub struct Pkt {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
     pub len: u64,
 }
 
@@ -96,7 +98,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
             return pass(GS_PASS_UNSUPPORTED);
         }
     }
-    let (family, proto, src, dst, l4) = match ether_type {
+    let (family, proto, src, dst, l4, ttl) = match ether_type {
         ETH_P_IP => {
             let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
                 return pass(GS_TRUNCATED);
@@ -114,7 +116,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
                 return reject_if_vip(FAMILY_V4, dst, GS_IP_OPTIONS);
             }
             let src = [word(ip.src_addr), 0, 0, 0];
-            (FAMILY_V4, ip.proto, src, dst, l3 + Ipv4Hdr::LEN)
+            (FAMILY_V4, ip.proto, src, dst, l3 + Ipv4Hdr::LEN, ip.ttl)
         }
         ETH_P_IPV6 => {
             let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
@@ -145,7 +147,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
                 // Hop-by-hop, routing, destination options and the rest: not parsed further.
                 _ => return pass(GS_PASS_UNSUPPORTED),
             }
-            (FAMILY_V6, ip.next_hdr, src, dst, l3 + Ipv6Hdr::LEN)
+            (
+                FAMILY_V6,
+                ip.next_hdr,
+                src,
+                dst,
+                l3 + Ipv6Hdr::LEN,
+                ip.hop_limit,
+            )
         }
         _ => return pass(GS_PASS_NOT_LISTENER),
     };
@@ -191,6 +200,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
         sport,
         dport,
         tcp_flags,
+        ttl,
         len,
     })
 }

@@ -39,7 +39,16 @@ fn next_cursor(id: u32) -> u32 {
 #[inline(always)]
 fn quic_hash(ctx: &XdpContext, pkt: &Pkt) -> u32 {
     // draft-ietf-quic-transport-10: the 64-bit connection ID follows the first byte in both
-    // the long and the short header.
+    // the long and the short header. The UDP length, not the frame, bounds the payload:
+    // Ethernet padding is not a connection ID.
+    let udp_len = match ptr_at::<[u8; 2]>(ctx, pkt.l4 + 4) {
+        // SAFETY: bounds checked.
+        Some(p) => u16::from_be_bytes(unsafe { *p }) as usize,
+        None => 0,
+    };
+    if udp_len < 8 + 1 + QUIC_CID_LEN {
+        return hash_source(&pkt.src);
+    }
     match ptr_at::<[u8; 1 + QUIC_CID_LEN]>(ctx, pkt.l4 + 8) {
         Some(p) => {
             // SAFETY: bounds checked.
@@ -107,6 +116,18 @@ pub fn pick(ctx: &XdpContext, meta: &ListenerMeta, pkt: &Pkt, now: u64) -> Optio
     while i < MAX_PROBES {
         let idx = (start + i) % len;
         if let Some(e) = entry(meta, idx) {
+            if usable(&e) {
+                return Some(e.backend);
+            }
+        }
+        i += 1;
+    }
+    // A heavy member that is down can fill more than MAX_PROBES slots in a row; only when no
+    // member at all is usable are new flows dropped (B4.17).
+    let members = meta.members_len;
+    let mut i = 0;
+    while i < MAX_MEMBER_SCAN && i < members {
+        if let Some(e) = entry(meta, len + (start + i) % members) {
             if usable(&e) {
                 return Some(e.backend);
             }

@@ -97,10 +97,7 @@ impl Env {
                 let mut out = Vec::with_capacity(count);
                 for _ in 0..count {
                     let s = match src {
-                        Some(ip) => {
-                            let sock = socket2_connect(ip, vip)?;
-                            sock
-                        }
+                        Some(ip) => socket2_connect(ip, vip)?,
                         None => TcpStream::connect_timeout(&vip, Duration::from_secs(2))?,
                     };
                     out.push(greeting(&s)?);

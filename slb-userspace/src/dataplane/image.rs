@@ -44,6 +44,8 @@ pub struct ListenerImage {
     pub idle_timeout: u32,
     /// What `SLAB` holds for this listener (see `ListenerMeta::table_off`).
     pub table: Vec<TableEntry>,
+    /// The distinct members with weight > 0, in configuration order (`ListenerMeta::members_len`).
+    pub members: Vec<TableEntry>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -211,11 +213,20 @@ fn listener_image(
         GroupRef::MasterSlave(_) => SCHED_MASTER_SLAVE,
         _ => scheduler_code(l.scheduler),
     };
-    let table = if l7 != 0 {
+    let all = if l7 != 0 {
         Vec::new()
     } else {
-        table(scheduler, &cfg.listener_members(lb, l), down)
+        cfg.listener_members(lb, l)
     };
+    let table = table(scheduler, &all, down);
+    let members = all
+        .iter()
+        .filter(|m| m.weight > 0)
+        .map(|m| TableEntry {
+            backend: BackendAddr(SocketAddr::new(m.addr, m.port)),
+            weight: m.weight.into(),
+        })
+        .collect();
     ListenerImage {
         name: format!(
             "{}/{}/{}",
@@ -233,6 +244,7 @@ fn listener_image(
             _ => l.established_timeout,
         },
         table,
+        members,
     }
 }
 
@@ -264,7 +276,7 @@ impl Image {
     pub fn backends(&self) -> BTreeSet<BackendAddr> {
         self.listeners
             .values()
-            .flat_map(|l| l.table.iter().map(|e| e.backend))
+            .flat_map(|l| l.table.iter().chain(&l.members).map(|e| e.backend))
             .collect()
     }
 }

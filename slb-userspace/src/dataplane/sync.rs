@@ -128,8 +128,9 @@ impl Sync {
             .collect::<Result<_, _>>()
             .map_err(map_err(MAP_LISTENERS))?;
         for (key, meta) in listeners {
-            let mut table = Vec::with_capacity(meta.table_len as usize);
-            for i in 0..meta.table_len {
+            let region = meta.table_len + meta.members_len;
+            let mut table = Vec::with_capacity(region as usize);
+            for i in 0..region {
                 table.push(
                     s.maps
                         .slab
@@ -137,7 +138,7 @@ impl Sync {
                         .map_err(map_err(MAP_SLAB))?,
                 );
             }
-            s.slab.used.insert(meta.table_off, meta.table_len);
+            s.slab.used.insert(meta.table_off, region);
             s.listener_ids.insert(key, meta.id);
             s.programmed.insert(key, Programmed { meta, table });
         }
@@ -406,6 +407,7 @@ impl Sync {
             let table: Vec<SlabEntry> = li
                 .table
                 .iter()
+                .chain(&li.members)
                 .map(|e| SlabEntry {
                     backend: self.backend_slots[&e.backend],
                     weight: e.weight,
@@ -434,12 +436,12 @@ impl Sync {
                 flags: li.flags,
                 scheduler: li.scheduler,
                 table_off,
-                table_len: table.len() as u32,
+                table_len: li.table.len() as u32,
                 acl_id: li.acl.as_deref().map(acl_id).unwrap_or(0),
                 legacy_acl_id: li.legacy_acl.as_deref().map(acl_id).unwrap_or(0),
                 persistence_timeout: li.persistence_timeout,
                 idle_timeout: li.idle_timeout,
-                _pad: 0,
+                members_len: li.members.len() as u32,
             };
             if old.as_ref().map(|p| p.meta) != Some(meta) {
                 if old.is_none() {
@@ -462,7 +464,8 @@ impl Sync {
             }
             if let Some(p) = &old {
                 if rewrite {
-                    self.slab.free(p.meta.table_off, p.meta.table_len);
+                    self.slab
+                        .free(p.meta.table_off, p.meta.table_len + p.meta.members_len);
                     if meta.persistence_timeout > 0 {
                         let usable = table
                             .iter()
@@ -493,7 +496,8 @@ impl Sync {
                 }
             }
             if let Some(p) = self.programmed.remove(&key) {
-                self.slab.free(p.meta.table_off, p.meta.table_len);
+                self.slab
+                    .free(p.meta.table_off, p.meta.table_len + p.meta.members_len);
                 self.prune_persistence(p.meta.id, &BTreeSet::new())?;
             }
             self.listener_ids.remove(&key);
