@@ -84,14 +84,40 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
     let (mut agent, lines) = Agent::start(slb, &config, lab.lb_ns())?;
     let outcome = supervise(&mut agent, &lines, &interrupted, &lab, slb, &pins.0);
 
-    // Teardown order matters: the agent releases its XDP programs and pins before the pins are
-    // removed, and the services' sockets must be gone for the namespaces to disappear.
+    // Teardown order matters: the agent stops first; `slb unload` then detaches the XDP
+    // programs it leaves running (by design it keeps forwarding across restarts) and removes
+    // its pins; the services' sockets must be gone for the namespaces to disappear.
     let stopped = agent.stop();
+    // What it said while shutting down (best effort: the relay threads may still be reading).
+    for line in lines.try_iter() {
+        println!("slb: {line}");
+    }
+    let unloaded = unload(slb, lab.lb_ns(), &pins.0);
     drop(services);
+    // Whatever `slb unload` left (or everything, if it failed).
     let unpinned = pins.remove();
     let lab_down = lab.down().context("tearing the lab down");
     println!("demo stopped and cleaned up");
-    outcome.and(stopped).and(unpinned).and(lab_down)
+    outcome
+        .and(stopped)
+        .and(unloaded)
+        .and(unpinned)
+        .and(lab_down)
+}
+
+/// `slb unload --pin-path <pins>`, in the LB namespace where the programs are attached.
+fn unload(slb: &Path, ns: &str, pins: &Path) -> Result<()> {
+    if !pins.exists() {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("nsenter")
+            .arg(format!("--net={}", lab::netns_path(ns).display()))
+            .arg(slb)
+            .arg("unload")
+            .arg("--pin-path")
+            .arg(pins),
+    )
 }
 
 /// Waits for `slb ready`, prints how to try the demo, then relays the agent's output until
@@ -112,10 +138,11 @@ fn supervise(
             Ok(line) if ready => println!("slb: {line}"),
             Ok(line) => {
                 ready = line.starts_with("slb ready");
-                early_output.push(line);
                 if ready {
+                    println!("slb: {line}");
                     print_try_it(lab, slb, pin_path);
                 }
+                early_output.push(line);
             }
             // Disconnected: the agent closed its output, so `try_wait` below sees it exit.
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}

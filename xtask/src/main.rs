@@ -11,7 +11,7 @@ use std::{
     ffi::OsString,
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus},
+    process::{Command, ExitCode, ExitStatus},
     time::Instant,
 };
 
@@ -73,7 +73,19 @@ impl XdpMode {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` gives the whole context chain on one line, without the backtrace that
+            // anyhow's Debug output adds when RUST_BACKTRACE is set.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let ws = Workspace::locate()?;
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
@@ -164,7 +176,7 @@ fn test(ws: &Workspace) -> Result<()> {
             "clippy",
             &["clippy", "--all-targets", "--", "-D", "warnings"],
         ),
-        // slb-ebpf builds only for the BPF target; slb-userspace/build.rs builds it.
+        // slb-ebpf only builds for the BPF target (slb-userspace's build script builds it).
         ("test", &["test", "--workspace", "--exclude", "slb-ebpf"]),
     ];
     let mut results = Vec::new();
