@@ -3,7 +3,7 @@
 //! listener is switched to atomically, so the kernel never sees a half-written table.
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{lpm_trie::Key, MapError, PerCpuValues};
+use aya::maps::{lpm_trie::Key, MapData, MapError, PerCpuArray, PerCpuValues};
 use ipnet::IpNet;
 use slb_common::*;
 
@@ -98,6 +98,21 @@ pub struct Sync {
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
+}
+
+/// Zeroes one slot of a per-CPU counter array on every CPU (a reused slot starts from zero).
+fn zero_slot<T: aya::Pod + Default + Clone>(
+    map: &mut PerCpuArray<MapData, T>,
+    idx: u32,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    let ncpu = map.get(&idx, 0).map_err(map_err(name))?.len();
+    let zero =
+        PerCpuValues::try_from(vec![T::default(); ncpu]).map_err(|source| DataplaneError::Io {
+            path: name.into(),
+            source,
+        })?;
+    map.set(idx, zero, 0).map_err(map_err(name))
 }
 
 fn vip_key(k: &ListenerKey) -> VipKey {
@@ -374,23 +389,7 @@ impl Sync {
                 .backend_conns
                 .set(slot, 0, 0)
                 .map_err(map_err(MAP_BACKEND_CONNS))?;
-            let ncpu = self
-                .maps
-                .backend_stats
-                .get(&slot, 0)
-                .map_err(map_err(MAP_BACKEND_STATS))?
-                .len();
-            let zero =
-                PerCpuValues::try_from(vec![BackendStats::default(); ncpu]).map_err(|source| {
-                    DataplaneError::Io {
-                        path: "per-cpu values".into(),
-                        source,
-                    }
-                })?;
-            self.maps
-                .backend_stats
-                .set(slot, zero, 0)
-                .map_err(map_err(MAP_BACKEND_STATS))?;
+            zero_slot(&mut self.maps.backend_stats, slot, MAP_BACKEND_STATS)?;
             self.backend_slots.insert(b, slot);
             report.backends_added += 1;
         }
@@ -445,7 +444,7 @@ impl Sync {
             };
             if old.as_ref().map(|p| p.meta) != Some(meta) {
                 if old.is_none() {
-                    self.reset_listener_counters(id)?;
+                    zero_slot(&mut self.maps.listener_stats, id, MAP_LISTENER_STATS)?;
                     report.listeners_added += 1;
                 } else {
                     report.listeners_changed += 1;
@@ -548,25 +547,5 @@ impl Sync {
             report.backends_released += 1;
         }
         Ok(report)
-    }
-
-    fn reset_listener_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let ncpu = self
-            .maps
-            .listener_stats
-            .get(&id, 0)
-            .map_err(map_err(MAP_LISTENER_STATS))?
-            .len();
-        let zero =
-            PerCpuValues::try_from(vec![ListenerStats::default(); ncpu]).map_err(|source| {
-                DataplaneError::Io {
-                    path: "per-cpu values".into(),
-                    source,
-                }
-            })?;
-        self.maps
-            .listener_stats
-            .set(id, zero, 0)
-            .map_err(map_err(MAP_LISTENER_STATS))
     }
 }
