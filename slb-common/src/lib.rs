@@ -199,11 +199,17 @@ pub struct FlowEntry {
     pub backend: u32,
     pub listener: u32,
     pub state: u32,
-    pub _pad: u32,
+    /// Next sequence number the client will send (host order): a RST to the backend with it
+    /// is accepted exactly (RFC 5961), when the agent closes an idle flow (B12.3).
+    pub client_next_seq: u32,
     /// `bpf_ktime_get_ns` of the last packet, in either direction.
     pub last_seen_ns: u64,
+    /// Last acknowledgment number the client sent (host order): the sequence a RST to the
+    /// client must carry.
+    pub client_ack: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<FlowEntry>() == 24);
+const _: () = assert!(size_of::<FlowEntry>() == 32);
 
 /// Backend → client flow, keyed by the reply as the backend sends it; says how to undo the DNAT.
 #[repr(C)]

@@ -69,6 +69,16 @@ fn observe(e: &mut FlowEntry, proto: u8, flags: u8) {
     }
 }
 
+#[inline(always)]
+fn track_client(e: &mut FlowEntry, pkt: &Pkt) {
+    if pkt.proto == PROTO_TCP {
+        e.client_next_seq = pkt.seq.wrapping_add(pkt.seq_len);
+        if pkt.tcp_flags & TCP_ACK != 0 {
+            e.client_ack = pkt.ack;
+        }
+    }
+}
+
 /// Backend of a live flow, refreshing it; `None` when there is none or it expired. A new SYN on
 /// a closing or expired flow starts over.
 #[inline(always)]
@@ -86,6 +96,7 @@ pub fn lookup(k: &FlowKey, pkt: &Pkt, idle_timeout: u32, now: u64) -> Option<u32
     }
     e.last_seen_ns = now;
     observe(e, pkt.proto, pkt.tcp_flags);
+    track_client(e, pkt);
     Some(e.backend)
 }
 
@@ -96,13 +107,16 @@ pub fn create(k: &FlowKey, listener: u32, backend: u32, be: &Backend, pkt: &Pkt,
     } else {
         FS_COUNTED
     };
-    let entry = FlowEntry {
+    let mut entry = FlowEntry {
         backend,
         listener,
         state,
-        _pad: 0,
+        client_next_seq: 0,
         last_seen_ns: now,
+        client_ack: 0,
+        _pad: 0,
     };
+    track_client(&mut entry, pkt);
     if FLOWS.insert(k, &entry, 0).is_err() {
         return;
     }

@@ -36,6 +36,11 @@ pub struct Pkt {
     pub tcp_flags: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// TCP sequence and acknowledgment numbers (host order) and the segment's sequence space
+    /// (payload bytes, plus one for SYN or FIN).
+    pub seq: u32,
+    pub ack: u32,
+    pub seq_len: u32,
     pub len: u64,
 }
 
@@ -98,7 +103,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
             return pass(GS_PASS_UNSUPPORTED);
         }
     }
-    let (family, proto, src, dst, l4, ttl) = match ether_type {
+    let (family, proto, src, dst, l4, ttl, ip_payload) = match ether_type {
         ETH_P_IP => {
             let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
                 return pass(GS_TRUNCATED);
@@ -116,7 +121,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
                 return reject_if_vip(FAMILY_V4, dst, GS_IP_OPTIONS);
             }
             let src = [word(ip.src_addr), 0, 0, 0];
-            (FAMILY_V4, ip.proto, src, dst, l3 + Ipv4Hdr::LEN, ip.ttl)
+            let ip_payload = u16::from_be_bytes(ip.tot_len).saturating_sub(Ipv4Hdr::LEN as u16);
+            (
+                FAMILY_V4,
+                ip.proto,
+                src,
+                dst,
+                l3 + Ipv4Hdr::LEN,
+                ip.ttl,
+                ip_payload,
+            )
         }
         ETH_P_IPV6 => {
             let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
@@ -147,6 +161,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
                 // Hop-by-hop, routing, destination options and the rest: not parsed further.
                 _ => return pass(GS_PASS_UNSUPPORTED),
             }
+            let ip_payload = u16::from_be_bytes(ip.payload_len);
             (
                 FAMILY_V6,
                 ip.next_hdr,
@@ -154,26 +169,34 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
                 dst,
                 l3 + Ipv6Hdr::LEN,
                 ip.hop_limit,
+                ip_payload,
             )
         }
         _ => return pass(GS_PASS_NOT_LISTENER),
     };
+    let mut seq = 0;
+    let mut ack = 0;
+    let mut seq_len = 0;
     let (sport, dport, tcp_flags) = match proto {
         PROTO_TCP => {
             let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
                 return pass(GS_TRUNCATED);
             };
-            let Some(flags) = ptr_at::<u8>(ctx, l4 + 13) else {
+            let Some(off_flags) = ptr_at::<[u8; 2]>(ctx, l4 + 12) else {
                 return pass(GS_TRUNCATED);
             };
             // SAFETY: bounds checked.
-            unsafe {
-                (
-                    u16::from_ne_bytes((*tcp).source),
-                    u16::from_ne_bytes((*tcp).dest),
-                    *flags,
-                )
-            }
+            let (tcp, [off, flags]) = unsafe { (&*tcp, *off_flags) };
+            seq = u32::from_be_bytes(tcp.seq);
+            ack = u32::from_be_bytes(tcp.ack_seq);
+            let hdr = u32::from(off >> 4) * 4;
+            seq_len = u32::from(ip_payload).saturating_sub(hdr)
+                + u32::from(flags & (TCP_SYN | TCP_FIN) != 0);
+            (
+                u16::from_ne_bytes(tcp.source),
+                u16::from_ne_bytes(tcp.dest),
+                flags,
+            )
         }
         PROTO_UDP => {
             let Some(udp) = ptr_at::<UdpHdr>(ctx, l4) else {
@@ -201,6 +224,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Pkt, u32> {
         dport,
         tcp_flags,
         ttl,
+        seq,
+        ack,
+        seq_len,
         len,
     })
 }

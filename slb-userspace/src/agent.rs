@@ -9,6 +9,7 @@ use crate::{
     dataplane::{
         image::{BackendAddr, Image},
         loader::{self, LoadOptions, Loaded},
+        reaper::{monotonic_ns, RstSender},
         sync::{Sync, SyncReport},
         DataplaneError,
     },
@@ -16,6 +17,7 @@ use crate::{
 
 pub struct Agent {
     _ebpf: Ebpf,
+    rst: RstSender,
     pub sync: Sync,
     pub pin_dir: PathBuf,
     /// Backends the health checker reported down; left out of rings and sequences.
@@ -62,6 +64,7 @@ impl Agent {
         Ok((
             Agent {
                 _ebpf: ebpf,
+                rst: RstSender::new().map_err(|source| DataplaneError::RawSocket { source })?,
                 sync,
                 pin_dir,
                 down,
@@ -73,5 +76,29 @@ impl Agent {
     /// Applies a new configuration: only the difference reaches the maps.
     pub fn reload(&mut self, cfg: &Config) -> Result<SyncReport, DataplaneError> {
         self.sync.apply(&Image::build(cfg, &self.down))
+    }
+
+    /// Closes established TCP flows idle past their `EstablishedTimeout` with a RST to both
+    /// ends (B12.3); returns how many.
+    pub fn reap(&mut self) -> Result<usize, DataplaneError> {
+        let idle = self.sync.idle_tcp_flows(monotonic_ns())?;
+        for f in &idle {
+            for (src, dst, seq) in [
+                (f.vip, f.client, f.entry.client_ack),
+                (f.client, f.backend, f.entry.client_next_seq),
+            ] {
+                if let Err(e) = self.rst.send(src, dst, seq) {
+                    log::warn!("RST {src} -> {dst}: {e}");
+                }
+            }
+            self.sync.forget_flow(f)?;
+            log::info!(
+                "closed idle flow {} -> {} via {}",
+                f.client,
+                f.vip,
+                f.backend
+            );
+        }
+        Ok(idle.len())
     }
 }

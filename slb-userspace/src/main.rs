@@ -85,6 +85,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the XDP program per packet through BPF_PROG_TEST_RUN, and Maglev table builds
+    /// (`cargo xtask bench l4` runs it; see the README's Benchmarks section).
+    #[command(hide = true)]
+    BenchXdp {
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach the program and remove every pinned map and link of an agent.
     Unload {
         #[arg(long, default_value = "/sys/fs/bpf/slb")]
@@ -126,6 +133,15 @@ fn main() -> anyhow::Result<()> {
             pcap_out,
             json,
         } => replay_cmd(&config, &pcap_in, &pcap_out, json),
+        Cmd::BenchXdp { json } => {
+            let report = slb::bench::run()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", slb::bench::render(&report));
+            }
+            Ok(())
+        }
         Cmd::Unload { pin_path } => Ok(loader::unload(&pin_path)?),
     }
 }
@@ -170,8 +186,12 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = tick.tick() => if let Err(e) = agent.reap() {
+                    log::error!("closing idle flows: {e}");
+                },
                 _ = hup.recv() => match load_config(path, ifaces.clone(), mode) {
                     Ok(cfg) => match agent.reload(&cfg) {
                         Ok(r) => log::info!("reloaded {}: {r:?}", path.display()),

@@ -426,3 +426,58 @@ fn ipv6_tcp_through_xdp() -> anyhow::Result<()> {
     env.stop(agent);
     Ok(())
 }
+
+/// B12.3: an established TCP connection idle for `EstablishedTimeout` is closed with a RST to
+/// the client and to the backend, and its flow is forgotten.
+#[test]
+fn idle_established_flow_is_reset_on_both_ends() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root for namespaces and XDP");
+        return Ok(());
+    }
+    let env = Env::up("idle", 66, 1)?;
+    let cfg = env.config(&format!(
+        "{}{}",
+        env.backend_servers(&[100]),
+        tcp_listener("", "EstablishedTimeout = 10\n")
+    ))?;
+    let mut agent = env.start(cfg)?;
+    let vip = SocketAddr::new(IpAddr::V4(env.lab.vip_v4()), 80);
+    let conn = in_netns(
+        &env.lab.client().ns,
+        move || -> anyhow::Result<TcpStream> {
+            let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+            greeting(&s)?;
+            Ok(s)
+        },
+    )??;
+    assert_eq!(agent.reap()?, 0, "a fresh flow was reaped");
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(agent.reap()?, 1, "the idle flow was not reaped");
+    let mut conn = conn;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 16];
+    let err = conn
+        .read(&mut buf)
+        .expect_err("the client connection is still open");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    let ss = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &env.lab.backends()[0].ns,
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+        ])
+        .output()?;
+    let open = String::from_utf8_lossy(&ss.stdout).to_string();
+    assert!(
+        !open.contains(":8080"),
+        "backend still has the connection: {open}"
+    );
+    assert_eq!(agent.sync.maps.flows.keys().count(), 0);
+    env.stop(agent);
+    Ok(())
+}

@@ -21,8 +21,12 @@ fn is_root() -> bool {
 }
 
 /// Runs `f` on a fresh thread: `Harness::new` moves its thread into a private namespace.
-fn on_thread<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-    std::thread::spawn(f).join().map_err(|_| anyhow!("panicked"))?
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(f)
+        .join()
+        .map_err(|_| anyhow!("panicked"))?
 }
 
 fn cfg(w1: u8, persistence: u32) -> anyhow::Result<config::Config> {
@@ -67,10 +71,18 @@ fn reload_writes_only_the_difference() -> anyhow::Result<()> {
         let none = BTreeSet::new();
         let a = Image::build(&cfg(100, 0)?, &none);
         let mut h = Harness::new(&a, 4096)?;
-        assert_eq!(h.sync.apply(&a)?, SyncReport::default(), "same image rewrote something");
+        assert_eq!(
+            h.sync.apply(&a)?,
+            SyncReport::default(),
+            "same image rewrote something"
+        );
         // A weight change rebuilds exactly the ring of the listener using that group.
         let r = h.sync.apply(&Image::build(&cfg(50, 0)?, &none))?;
-        assert_eq!((r.tables_written, r.listeners_changed, r.listeners_added), (1, 1, 0), "{r:?}");
+        assert_eq!(
+            (r.tables_written, r.listeners_changed, r.listeners_added),
+            (1, 1, 0),
+            "{r:?}"
+        );
         // A timeout change touches the listener record, not its ring.
         let r = h.sync.apply(&Image::build(&cfg(50, 60)?, &none))?;
         assert_eq!((r.tables_written, r.listeners_changed), (0, 1), "{r:?}");
@@ -78,7 +90,10 @@ fn reload_writes_only_the_difference() -> anyhow::Result<()> {
         let down: BTreeSet<BackendAddr> = [BackendAddr("10.2.0.1:80".parse()?)].into();
         let r = h.sync.apply(&Image::build(&cfg(50, 60)?, &down))?;
         assert_eq!((r.tables_written, r.listeners_changed), (1, 1), "{r:?}");
-        assert_eq!(h.sync.apply(&Image::build(&cfg(50, 60)?, &down))?, SyncReport::default());
+        assert_eq!(
+            h.sync.apply(&Image::build(&cfg(50, 60)?, &down))?,
+            SyncReport::default()
+        );
         Ok(())
     })
 }
@@ -108,7 +123,9 @@ Scheduler = "wrr"
         let mut h = Harness::new(&Image::build(&c, &BTreeSet::new()), c.agent.flow_table_size)?;
         let mut chosen = Vec::new();
         for port in 10000..13000u16 {
-            let syn = build(&format!("ipv4(src=192.0.2.1,dst=10.0.0.10)/tcp(sport={port},dport=80,flags=S)"))?;
+            let syn = build(&format!(
+                "ipv4(src=192.0.2.1,dst=10.0.0.10)/tcp(sport={port},dport=80,flags=S)"
+            ))?;
             let o = h.run(&syn, Ingress::Lb)?;
             assert_eq!(action_name(o.action), "tx");
             chosen.push(decode_verified(&o.data)?.dst);
@@ -116,10 +133,20 @@ Scheduler = "wrr"
         let flows = h.sync.maps.flows.keys().count();
         assert!(flows <= 1024, "{flows} flows in a 1024-entry table");
         for (i, port) in (12800..13000u16).enumerate() {
-            let ack = build(&format!("ipv4(src=192.0.2.1,dst=10.0.0.10)/tcp(sport={port},dport=80,flags=A)"))?;
+            let ack = build(&format!(
+                "ipv4(src=192.0.2.1,dst=10.0.0.10)/tcp(sport={port},dport=80,flags=A)"
+            ))?;
             let o = h.run(&ack, Ingress::Lb)?;
-            assert_eq!(action_name(o.action), "tx", "recent flow {port} was evicted");
-            assert_eq!(decode_verified(&o.data)?.dst, chosen[2800 + i], "flow {port} changed backend");
+            assert_eq!(
+                action_name(o.action),
+                "tx",
+                "recent flow {port} was evicted"
+            );
+            assert_eq!(
+                decode_verified(&o.data)?.dst,
+                chosen[2800 + i],
+                "flow {port} changed backend"
+            );
         }
         Ok(())
     })
@@ -127,7 +154,9 @@ Scheduler = "wrr"
 
 fn table_digest() -> anyhow::Result<String> {
     use slb::dataplane::maglev::{build_for_capacity, RingMember};
-    let names: Vec<String> = (0..100).map(|i| format!("10.{}.{}.1:80", i / 10, i % 10)).collect();
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("10.{}.{}.1:80", i / 10, i % 10))
+        .collect();
     let members: Vec<RingMember> = names
         .iter()
         .enumerate()
@@ -159,7 +188,11 @@ fn maglev_tables_identical_across_processes() -> anyhow::Result<()> {
     let mut digests = Vec::new();
     for _ in 0..2 {
         let out = std::process::Command::new(&me)
-            .args(["--exact", "maglev_tables_identical_across_processes", "--nocapture"])
+            .args([
+                "--exact",
+                "maglev_tables_identical_across_processes",
+                "--nocapture",
+            ])
             .env("SLB_MAGLEV_CHILD", "1")
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -5,6 +5,7 @@ pub mod image;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod reaper;
 pub mod sequence;
 pub mod sync;
 
@@ -46,6 +47,8 @@ pub enum DataplaneError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("opening raw sockets for RSTs: {source}")]
+    RawSocket { source: std::io::Error },
     #[error("{what} exhausted: {needed} needed, {capacity} available")]
     Full {
         what: &'static str,

@@ -198,6 +198,10 @@ impl Sync {
         self.backend_slots.get(b).copied()
     }
 
+    pub fn listener_metas(&self) -> impl Iterator<Item = &ListenerMeta> {
+        self.programmed.values().map(|p| &p.meta)
+    }
+
     pub fn listener_id(&self, k: &ListenerKey) -> Option<u32> {
         self.listener_ids.get(k).copied()
     }
