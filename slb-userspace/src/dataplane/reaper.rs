@@ -170,7 +170,7 @@ impl RstSender {
                 sa.sin_family = libc::AF_INET as libc::sa_family_t;
                 sa.sin_addr.s_addr = u32::from_ne_bytes(d.octets());
                 // SAFETY: buffer and address are valid for the call.
-                let rc = unsafe {
+                unsafe {
                     libc::sendto(
                         self.v4.as_raw_fd(),
                         pkt.as_ptr().cast(),
@@ -179,8 +179,7 @@ impl RstSender {
                         (&sa as *const libc::sockaddr_in).cast(),
                         std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
                     )
-                };
-                rc
+                }
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let ip = Ipv6Header {
@@ -200,7 +199,7 @@ impl RstSender {
                 sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 sa.sin6_addr.s6_addr = d.octets();
                 // SAFETY: buffer and address are valid for the call.
-                let rc = unsafe {
+                unsafe {
                     libc::sendto(
                         self.v6.as_raw_fd(),
                         pkt.as_ptr().cast(),
@@ -209,8 +208,7 @@ impl RstSender {
                         (&sa as *const libc::sockaddr_in6).cast(),
                         std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
                     )
-                };
-                rc
+                }
             }
             _ => return Err(invalid(&"mixed address families")),
         };
