@@ -9,6 +9,7 @@
 //! - `replay`: packets through the real program with `BPF_PROG_TEST_RUN`, pcap in/out
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod dataplane;
 pub mod replay;

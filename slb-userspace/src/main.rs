@@ -85,6 +85,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the XDP program per packet through BPF_PROG_TEST_RUN, and Maglev table builds
+    /// (`cargo xtask bench l4` runs it; see the README's Benchmarks section).
+    #[command(hide = true)]
+    BenchXdp {
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach the program and remove every pinned map and link of an agent.
     Unload {
         #[arg(long, default_value = "/sys/fs/bpf/slb")]
@@ -126,6 +133,15 @@ fn main() -> anyhow::Result<()> {
             pcap_out,
             json,
         } => replay_cmd(&config, &pcap_in, &pcap_out, json),
+        Cmd::BenchXdp { json } => {
+            let report = slb::bench::run()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", slb::bench::render(&report));
+            }
+            Ok(())
+        }
         Cmd::Unload { pin_path } => Ok(loader::unload(&pin_path)?),
     }
 }

@@ -169,6 +169,44 @@ impl Harness {
             data: out,
         })
     }
+
+    /// Like [`Harness::run`] with the kernel running the program `repeat` times in one call;
+    /// also returns the kernel's timing, the average per run (it includes the kernel's timer
+    /// reads, once per call). The kernel hands every repeat the same buffer, so runs after the
+    /// first see the packet as the previous run left it (translated, for a forwarded packet):
+    /// the outcome is that of the last run.
+    pub fn run_repeat(
+        &mut self,
+        packet: &[u8],
+        ingress: Ingress,
+        repeat: u32,
+    ) -> Result<(Outcome, std::time::Duration), ReplayError> {
+        let prog = loader::program(&mut self.ebpf, slb_common::PROGRAM_NAME)?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let ifindex = match ingress {
+            Ingress::Lb => self.lb_ifindex,
+            Ingress::Lo => 1,
+        };
+        // struct xdp_md, as in `run`.
+        let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| ReplayError::Run { source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((
+            Outcome {
+                action: r.return_value,
+                data: out,
+            },
+            r.duration,
+        ))
+    }
 }
 
 /// Classic pcap (microsecond, Ethernet) reading and writing.

@@ -3,7 +3,9 @@
 //! # Layout
 //! * `setup`: installs what building and testing need (idempotent).
 //! * `demo`: `build-and-load`, the agent in a network-namespace lab, or on a real interface.
+//! * `bench`: `bench l4`, the L4 benchmarks.
 //! * this file: the command line, `test` and `replay`.
+mod bench;
 mod demo;
 mod setup;
 
@@ -48,6 +50,10 @@ enum Cmd {
         #[arg(long, requires = "iface")]
         xdp_mode: Option<XdpMode>,
     },
+    /// Run a benchmark suite and write `bench/results/<suite>.json`. `l4`: ns/packet of the
+    /// XDP program (BPF_PROG_TEST_RUN), Maglev build times, and XDP vs nftables DNAT packet
+    /// rate and CPU in a namespace lab.
+    Bench { suite: BenchSuite },
     /// Build slb and run `slb replay <ARGS>`, e.g.
     /// `--config FILE --pcap-in IN --pcap-out OUT [--json]`.
     #[command(disable_help_flag = true)]
@@ -56,6 +62,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchSuite {
+    L4,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +116,9 @@ fn run() -> Result<()> {
             let slb = ws.build_slb()?;
             demo::run(&ws, &slb)
         }
+        Cmd::Bench {
+            suite: BenchSuite::L4,
+        } => bench::l4(&ws),
         Cmd::Replay { args } => {
             setup::run()?;
             let slb = ws.build_slb()?;

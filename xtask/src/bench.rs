@@ -1,0 +1,571 @@
+//! `cargo xtask bench l4`: the L4 benchmarks, written to `bench/results/l4.json`.
+//!
+//! 1. `slb bench-xdp --json`: ns/packet of the XDP program through `BPF_PROG_TEST_RUN` (hit,
+//!    new flow per scheduler, IPv6, a 10,000-entry ACL) and Maglev build times.
+//! 2. In one namespace lab (`slbbench-*`, 3 backends), the same UDP traffic through our XDP
+//!    path and then through an nftables DNAT load balancer: packets per second delivered at the
+//!    backends and the machine's CPU over the window, and their ratio.
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    net::{IpAddr, SocketAddr, UdpSocket},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde_json::{json, Value};
+use xtask::{
+    cmd,
+    lab::{self, in_netns, Lab},
+};
+
+use crate::{setup, Workspace};
+
+/// Relative to the workspace root.
+const RESULTS: &str = "bench/results/l4.json";
+const PREFIX: &str = "slbbench";
+const N: u8 = 90;
+const BACKENDS: usize = 3;
+const PORT: u16 = 9000;
+const PIN_PATH: &str = "/sys/fs/bpf/slb-bench";
+/// Distinct client source ports, so both load balancers track many flows.
+const FLOWS: usize = 256;
+/// One sender per core: the generator shares the machine with the sinks and the forwarding.
+const SENDERS: usize = 2;
+/// 64-byte UDP payloads.
+const PAYLOAD: [u8; 64] = [0x5a; 64];
+/// Traffic before the window: ARP/ND resolution, conntrack and flow entries, caches.
+const WARMUP: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(5);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often sinks look at their stop flag while idle.
+const POLL: Duration = Duration::from_millis(50);
+/// Targets from the benchmark issue.
+const RATE_TARGET: f64 = 2.0;
+
+pub fn l4(ws: &Workspace) -> Result<()> {
+    setup::run()?;
+    let slb = ws.build_slb()?;
+    println!("==> slb bench-xdp (BPF_PROG_TEST_RUN)");
+    let out = cmd::output(Command::new(&slb).args(["bench-xdp", "--json"]))?;
+    let xdp: Value = serde_json::from_str(&out).context("parsing `slb bench-xdp --json`")?;
+
+    println!("==> namespace lab: XDP vs nftables DNAT, {WINDOW:?} each");
+    let lab = compare(&slb)?;
+
+    let report = json!({
+        "metadata": metadata()?,
+        "xdp_test_run": xdp,
+        "namespace_lab": lab,
+    });
+    let path = ws.root.join(RESULTS);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    print!("{}", markdown(&report));
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+fn metadata() -> Result<Value> {
+    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading /proc/sys/kernel/osrelease")?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim());
+    Ok(json!({
+        "date": date.trim(),
+        "kernel": kernel.trim(),
+        "cpu_model": cpu,
+        "nproc": thread::available_parallelism().map_or(0, usize::from),
+    }))
+}
+
+/// Both load balancers on one lab, one after the other, with the same sinks and generator.
+fn compare(slb: &Path) -> Result<Value> {
+    remove_pins()?;
+    let lab = Lab::up(PREFIX, N, BACKENDS)?;
+    let sinks = Sinks::start(&lab)?;
+    let config = std::env::temp_dir().join(format!("slb-bench-{}.toml", std::process::id()));
+    std::fs::write(&config, agent_config(&lab))
+        .with_context(|| format!("writing {}", config.display()))?;
+
+    let xdp = measure_xdp(slb, &config, &lab, &sinks);
+    let _ = std::fs::remove_file(&config);
+    let xdp = xdp?;
+    let nft = measure_nft(&lab, &sinks)?;
+    drop(sinks);
+    lab.down().context("tearing the bench lab down")?;
+
+    let ratio = |key: &str| {
+        let (x, n) = (xdp[key].as_f64(), nft[key].as_f64());
+        match (x, n) {
+            (Some(x), Some(n)) if n > 0.0 => json!(x / n),
+            _ => Value::Null,
+        }
+    };
+    let pps_ratio = ratio("delivered_pps");
+    Ok(json!({
+        "topology": format!(
+            "lab {PREFIX} (client, LB, {BACKENDS} backends, veth, native XDP on the LB's veths); \
+             UDP VIP:{PORT} -> backends:{PORT}"
+        ),
+        "generator": format!(
+            "{SENDERS} threads in the client namespace, {FLOWS} connected UDP sockets \
+             (distinct source ports), {} B payloads, as fast as they go; {}s warm-up then a {}s window",
+            PAYLOAD.len(), WARMUP.as_secs(), WINDOW.as_secs()
+        ),
+        "cpu_note": format!(
+            "CPU is the whole machine's ({} cores) from /proc/stat over the window: generator, \
+             sinks and forwarding share the cores, so cpu_ns_per_packet is end to end",
+            thread::available_parallelism().map_or(0, usize::from)
+        ),
+        "xdp": xdp,
+        "nftables": nft,
+        "pps_ratio_xdp_over_nftables": pps_ratio,
+        "backend_rx_pps_ratio_xdp_over_nftables": ratio("backend_rx_pps"),
+        "cpu_ns_per_packet_ratio_xdp_over_nftables": ratio("cpu_ns_per_packet"),
+        "rate_target": RATE_TARGET,
+        "meets_rate_target": pps_ratio.as_f64().map(|r| r >= RATE_TARGET),
+    }))
+}
+
+/// `slb serve` in the LB namespace for the window, then stopped and unloaded.
+fn measure_xdp(slb: &Path, config: &Path, lab: &Lab, sinks: &Sinks) -> Result<Value> {
+    let mut agent = Agent::start(slb, config, lab.lb_ns())?;
+    let measured = agent.wait_ready().and_then(|()| measure(lab, sinks));
+    let stopped = agent.stop();
+    let unloaded = cmd::run(
+        Command::new("nsenter")
+            .arg(format!("--net={}", lab::netns_path(lab.lb_ns()).display()))
+            .arg(slb)
+            .args(["unload", "--pin-path", PIN_PATH]),
+    );
+    let unpinned = remove_pins();
+    let measured = measured?;
+    stopped.and(unloaded).and(unpinned)?;
+    Ok(measured)
+}
+
+/// nftables DNAT in the LB namespace (the kernel forwards), for the window.
+fn measure_nft(lab: &Lab, sinks: &Sinks) -> Result<Value> {
+    let map: Vec<String> = lab
+        .backends()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", b.v4))
+        .collect();
+    let rules = format!(
+        "table ip slbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {} udp dport {PORT} dnat to numgen inc mod {BACKENDS} map {{ {} }}\n  }}\n}}\n",
+        lab.vip_v4(),
+        map.join(", ")
+    );
+    let file = std::env::temp_dir().join(format!("slb-bench-{}.nft", std::process::id()));
+    std::fs::write(&file, &rules).with_context(|| format!("writing {}", file.display()))?;
+    let loaded = cmd::run(
+        Command::new("nsenter")
+            .arg(format!("--net={}", lab::netns_path(lab.lb_ns()).display()))
+            .arg("nft")
+            .arg("-f")
+            .arg(&file),
+    );
+    let _ = std::fs::remove_file(&file);
+    loaded.context("loading the nftables DNAT load balancer")?;
+    // The table goes with the namespace when the lab is torn down.
+    let mut v = measure(lab, sinks)?;
+    v["rules"] = json!(rules);
+    Ok(v)
+}
+
+/// The generator for warm-up plus window; counters and CPU over the window only.
+fn measure(lab: &Lab, sinks: &Sinks) -> Result<Value> {
+    let vip = SocketAddr::new(IpAddr::V4(lab.vip_v4()), PORT);
+    let generator = Generator::start(&lab.client().ns, vip)?;
+    thread::sleep(WARMUP);
+    let (sink0, rx0, cpu0, sent0) = (
+        sinks.total(),
+        backend_rx(lab)?,
+        CpuTimes::read()?,
+        generator.sent(),
+    );
+    let started = Instant::now();
+    thread::sleep(WINDOW);
+    let (sink1, rx1, cpu1, sent1) = (
+        sinks.total(),
+        backend_rx(lab)?,
+        CpuTimes::read()?,
+        generator.sent(),
+    );
+    let secs = started.elapsed().as_secs_f64();
+    generator.stop();
+    let delivered = sink1.saturating_sub(sink0);
+    let busy_s = cpu1.busy.saturating_sub(cpu0.busy) as f64 / cpu0.ticks_per_s;
+    let all_s = cpu1.total.saturating_sub(cpu0.total) as f64 / cpu0.ticks_per_s;
+    if delivered == 0 {
+        bail!("no datagram reached the backends; the load balancer under test does not forward");
+    }
+    Ok(json!({
+        "window_s": secs,
+        "sent_pps": sent1.saturating_sub(sent0) as f64 / secs,
+        "delivered_pps": delivered as f64 / secs,
+        "backend_rx_pps": rx1.saturating_sub(rx0) as f64 / secs,
+        "cpu_busy_s": busy_s,
+        "cpu_utilisation": if all_s > 0.0 { busy_s / all_s } else { 0.0 },
+        "cpu_ns_per_packet": busy_s * 1e9 / delivered as f64,
+    }))
+}
+
+fn agent_config(lab: &Lab) -> String {
+    let servers: Vec<String> = lab
+        .backends()
+        .iter()
+        .map(|b| format!("{{ ServerId = \"{}\", Weight = 100 }}", b.v4))
+        .collect();
+    let ifaces: Vec<String> = lab.lb_ifaces().iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "[Agent]\nInterfaces = [{}]\nXdpMode = \"native\"\nPinPath = \"{PIN_PATH}\"\nFlowTableSize = 65536\n\n\
+         [[LoadBalancers]]\nLoadBalancerId = \"lb-bench\"\nAddress = \"{}\"\nBackendServers = [{}]\n\n\
+         [[LoadBalancers.Listeners]]\nListenerProtocol = \"udp\"\nListenerPort = {PORT}\nBackendServerPort = {PORT}\nScheduler = \"wrr\"\n",
+        ifaces.join(", "),
+        lab.vip_v4(),
+        servers.join(", ")
+    )
+}
+
+fn remove_pins() -> Result<()> {
+    match std::fs::remove_dir_all(PIN_PATH) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {PIN_PATH}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Packets received by the backends' `eth0`, summed: what the load balancer delivered, whether
+/// or not the sinks kept up with reading it.
+fn backend_rx(lab: &Lab) -> Result<u64> {
+    let mut total = 0;
+    for b in lab.backends() {
+        let out = cmd::output(
+            Command::new("ip").args(["-n", &b.ns, "-s", "-j", "link", "show", &b.iface]),
+        )?;
+        let v: Value = serde_json::from_str(&out).context("parsing `ip -s -j link show`")?;
+        total += v[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .context("`ip -s -j link` gave no stats64.rx.packets")?;
+    }
+    Ok(total)
+}
+
+/// Aggregate jiffies from the first line of /proc/stat.
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+    ticks_per_s: f64,
+}
+
+impl CpuTimes {
+    fn read() -> Result<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .context("/proc/stat has no aggregate cpu line")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("parsing /proc/stat")?;
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        let idle = at(3) + at(4);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .context("sysconf(CLK_TCK)")?
+            .context("CLK_TCK is not defined")?;
+        Ok(CpuTimes {
+            busy,
+            total: busy + idle,
+            ticks_per_s: ticks as f64,
+        })
+    }
+}
+
+/// Counting UDP sinks on every backend's `:PORT`.
+struct Sinks {
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Sinks {
+    fn start(lab: &Lab) -> Result<Sinks> {
+        let (count, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut threads = Vec::new();
+        for b in lab.backends() {
+            let bind = SocketAddr::new(IpAddr::V4(b.v4), PORT);
+            let socket = in_netns(&b.ns, move || UdpSocket::bind(bind))?
+                .with_context(|| format!("binding UDP {bind} in {}", b.ns))?;
+            // The timeout lets the loop notice the stop flag.
+            socket.set_read_timeout(Some(POLL))?;
+            let (count, stop) = (Arc::clone(&count), Arc::clone(&stop));
+            threads.push(thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if socket.recv(&mut buf).is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        Ok(Sinks {
+            count,
+            stop,
+            threads,
+        })
+    }
+
+    fn total(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sinks {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            // A panicked sink has nothing to clean up.
+            let _ = t.join();
+        }
+    }
+}
+
+/// UDP senders in the client namespace, each cycling over its share of connected sockets.
+struct Generator {
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Generator {
+    fn start(ns: &str, vip: SocketAddr) -> Result<Generator> {
+        let sockets = in_netns(ns, move || -> std::io::Result<Vec<UdpSocket>> {
+            (0..FLOWS)
+                .map(|_| {
+                    let s = UdpSocket::bind("0.0.0.0:0")?;
+                    s.connect(vip)?;
+                    Ok(s)
+                })
+                .collect()
+        })?
+        .with_context(|| format!("opening {FLOWS} UDP sockets in {ns}"))?;
+        let (sent, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut shares: Vec<Vec<UdpSocket>> = (0..SENDERS).map(|_| Vec::new()).collect();
+        for (i, s) in sockets.into_iter().enumerate() {
+            shares[i % SENDERS].push(s);
+        }
+        let threads = shares
+            .into_iter()
+            .map(|share| {
+                let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for s in &share {
+                            // Refusals (ICMP from an earlier run) and full queues are part of
+                            // the load; the sinks count what arrived.
+                            if s.send(&PAYLOAD).is_ok() {
+                                n += 1;
+                            }
+                        }
+                        sent.fetch_add(std::mem::take(&mut n), Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Ok(Generator {
+            sent,
+            stop,
+            threads,
+        })
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `slb serve` in the LB namespace, its output lines on a channel.
+struct Agent {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Agent {
+    fn start(slb: &Path, config: &Path, ns: &str) -> Result<Agent> {
+        let mut serve = Command::new("nsenter");
+        // Only the network namespace: the pins under /sys/fs/bpf stay the host's (see demo.rs).
+        serve
+            .arg(format!("--net={}", lab::netns_path(ns).display()))
+            .arg(slb)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = serve
+            .spawn()
+            .with_context(|| format!("starting `{}`", cmd::display(&serve)))?;
+        let (tx, lines) = mpsc::channel();
+        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ];
+        for pipe in pipes.into_iter().flatten() {
+            let tx = tx.clone();
+            // A thread per pipe, so neither fills up while the agent runs.
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(Agent { child, lines })
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("slb ready") => return Ok(()),
+                Ok(line) => seen.push(line),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(status) = self.child.try_wait()? {
+                seen.extend(self.lines.try_iter());
+                bail!("the agent exited ({status}):\n{}", seen.join("\n"));
+            }
+        }
+        bail!(
+            "the agent did not print `slb ready` within {} s:\n{}",
+            READY_TIMEOUT.as_secs(),
+            seen.join("\n")
+        )
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
+    fn stop(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("agent pid")?);
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the agent")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().context("killing the agent")?;
+        self.child.wait().context("waiting for the agent")?;
+        bail!("the agent ignored SIGTERM and was killed")
+    }
+}
+
+/// The summary table printed at the end (the README's Benchmarks section is written from it).
+fn markdown(r: &Value) -> String {
+    let mut s = String::from(
+        "\n| case | mean ns/packet | net of timer ns | target | verdict |\n| --- | ---: | ---: | --- | --- |\n",
+    );
+    let empty = Vec::new();
+    let cases = r["xdp_test_run"]["cases"].as_array().unwrap_or(&empty);
+    for c in cases.iter().filter(|c| c["path"] != "overhead") {
+        let target = match (c["target_ns"].as_f64(), c["meets_target"].as_bool()) {
+            (Some(t), Some(true)) => format!("≤ {t:.0}: met"),
+            (Some(t), _) => format!("≤ {t:.0}: **missed**"),
+            _ => "-".into(),
+        };
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {target} | {} |\n",
+            c["name"].as_str().unwrap_or("?"),
+            c["mean_ns"].as_f64().unwrap_or(f64::NAN),
+            c["net_mean_ns"].as_f64().unwrap_or(f64::NAN),
+            c["verdict"].as_str().unwrap_or("?"),
+        ));
+    }
+    s.push_str("\n| Maglev build | table entries | median |\n| ---: | ---: | ---: |\n");
+    let builds = r["xdp_test_run"]["maglev_build"]
+        .as_array()
+        .unwrap_or(&empty);
+    for m in builds {
+        s.push_str(&format!(
+            "| {} backends | {} | {:.2} ms |\n",
+            m["backends"],
+            m["table_size"],
+            m["median_us"].as_f64().unwrap_or(f64::NAN) / 1000.0
+        ));
+    }
+    let lab = &r["namespace_lab"];
+    s.push_str(
+        "\n| namespace lab, UDP 64 B | delivered pps | backend rx pps | CPU busy | CPU ns/packet |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for (name, key) in [("slb XDP", "xdp"), ("nftables DNAT", "nftables")] {
+        let m = &lab[key];
+        s.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {:.0} % | {:.0} |\n",
+            m["delivered_pps"].as_f64().unwrap_or(f64::NAN),
+            m["backend_rx_pps"].as_f64().unwrap_or(f64::NAN),
+            m["cpu_utilisation"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            m["cpu_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    s.push_str(&format!(
+        "\nXDP / nftables delivered pps: {:.2} (target ≥ {RATE_TARGET})\n",
+        lab["pps_ratio_xdp_over_nftables"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    ));
+    s
+}
