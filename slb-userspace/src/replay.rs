@@ -147,27 +147,7 @@ impl Harness {
     }
 
     pub fn run(&mut self, packet: &[u8], ingress: Ingress) -> Result<Outcome, ReplayError> {
-        let prog = loader::program(&mut self.ebpf, slb_common::PROGRAM_NAME)?;
-        let mut out = vec![0u8; packet.len() + 256];
-        let ifindex = match ingress {
-            Ingress::Lb => self.lb_ifindex,
-            Ingress::Lo => 1,
-        };
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        let r = prog
-            .test_run(opts)
-            .map_err(|source| ReplayError::Run { source })?;
-        out.truncate(r.data_size_out as usize);
-        Ok(Outcome {
-            action: r.return_value,
-            data: out,
-        })
+        Ok(self.run_repeat(packet, ingress, 1)?.0)
     }
 
     /// Like [`Harness::run`] with the kernel running the program `repeat` times in one call;
@@ -187,7 +167,7 @@ impl Harness {
             Ingress::Lb => self.lb_ifindex,
             Ingress::Lo => 1,
         };
-        // struct xdp_md, as in `run`.
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut opts = TestRunOptions::new();
