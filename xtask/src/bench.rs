@@ -6,13 +6,12 @@
 //!    path and then through an nftables DNAT load balancer: packets per second delivered at the
 //!    backends and the machine's CPU over the window, and their ratio.
 use std::{
-    io::{BufRead as _, BufReader, Read},
     net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError},
+        mpsc::RecvTimeoutError,
         Arc,
     },
     thread::{self, JoinHandle},
@@ -20,17 +19,16 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
 use serde_json::{json, Value};
 use xtask::{
     cmd,
     lab::{self, in_netns, Lab},
 };
 
-use crate::{setup, Workspace};
+use crate::{
+    agent::{unload, Agent},
+    setup, Workspace,
+};
 
 /// Relative to the workspace root.
 const RESULTS: &str = "bench/results/l4.json";
@@ -49,7 +47,6 @@ const PAYLOAD: [u8; 64] = [0x5a; 64];
 const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often sinks look at their stop flag while idle.
 const POLL: Duration = Duration::from_millis(50);
 /// Targets from the benchmark issue.
@@ -150,15 +147,10 @@ fn compare(slb: &Path) -> Result<Value> {
 
 /// `slb serve` in the LB namespace for the window, then stopped and unloaded.
 fn measure_xdp(slb: &Path, config: &Path, lab: &Lab, sinks: &Sinks) -> Result<Value> {
-    let mut agent = Agent::start(slb, config, lab.lb_ns())?;
-    let measured = agent.wait_ready().and_then(|()| measure(lab, sinks));
+    let mut agent = Agent::start(slb, config, lab.lb_ns(), false)?;
+    let measured = wait_ready(&mut agent).and_then(|()| measure(lab, sinks));
     let stopped = agent.stop();
-    let unloaded = cmd::run(
-        Command::new("nsenter")
-            .arg(format!("--net={}", lab::netns_path(lab.lb_ns()).display()))
-            .arg(slb)
-            .args(["unload", "--pin-path", PIN_PATH]),
-    );
+    let unloaded = unload(slb, lab.lb_ns(), Path::new(PIN_PATH));
     let unpinned = remove_pins();
     let measured = measured?;
     stopped.and(unloaded).and(unpinned)?;
@@ -427,91 +419,26 @@ impl Generator {
     }
 }
 
-/// `slb serve` in the LB namespace, its output lines on a channel.
-struct Agent {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Agent {
-    fn start(slb: &Path, config: &Path, ns: &str) -> Result<Agent> {
-        let mut serve = Command::new("nsenter");
-        // Only the network namespace: the pins under /sys/fs/bpf stay the host's (see demo.rs).
-        serve
-            .arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg(slb)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = serve
-            .spawn()
-            .with_context(|| format!("starting `{}`", cmd::display(&serve)))?;
-        let (tx, lines) = mpsc::channel();
-        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ];
-        for pipe in pipes.into_iter().flatten() {
-            let tx = tx.clone();
-            // A thread per pipe, so neither fills up while the agent runs.
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
+/// Waits until the agent prints `slb ready`.
+fn wait_ready(agent: &mut Agent) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match agent.lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.starts_with("slb ready") => return Ok(()),
+            Ok(line) => seen.push(line),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
-        Ok(Agent { child, lines })
+        if let Some(status) = agent.child.try_wait()? {
+            seen.extend(agent.lines.try_iter());
+            bail!("the agent exited ({status}):\n{}", seen.join("\n"));
+        }
     }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("slb ready") => return Ok(()),
-                Ok(line) => seen.push(line),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-            }
-            if let Some(status) = self.child.try_wait()? {
-                seen.extend(self.lines.try_iter());
-                bail!("the agent exited ({status}):\n{}", seen.join("\n"));
-            }
-        }
-        bail!(
-            "the agent did not print `slb ready` within {} s:\n{}",
-            READY_TIMEOUT.as_secs(),
-            seen.join("\n")
-        )
-    }
-
-    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
-    fn stop(&mut self) -> Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("agent pid")?);
-        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the agent")?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        self.child.kill().context("killing the agent")?;
-        self.child.wait().context("waiting for the agent")?;
-        bail!("the agent ignored SIGTERM and was killed")
-    }
+    bail!(
+        "the agent did not print `slb ready` within {} s:\n{}",
+        READY_TIMEOUT.as_secs(),
+        seen.join("\n")
+    )
 }
 
 /// The summary table printed at the end (the README's Benchmarks section is written from it).

@@ -1,30 +1,26 @@
 //! `cargo xtask build-and-load`: the agent in the demo lab, or on a real interface.
 use std::{
-    io::{BufRead as _, BufReader, Read},
     net::SocketAddr,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+        mpsc::RecvTimeoutError,
         Arc,
     },
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
 use xtask::{
     cmd,
     lab::{self, Lab, Service},
 };
 
-use crate::{exit_like, Workspace};
+use crate::{
+    agent::{unload, Agent},
+    exit_like, Workspace,
+};
 
 /// Relative to the workspace root.
 const DEMO_CONFIG: &str = "xtask/demo/slb.toml";
@@ -38,8 +34,6 @@ const BACKEND_TCP_PORT: u16 = 8080;
 const BACKEND_UDP_PORT: u16 = 5353;
 /// How long the agent may take to print `slb ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the agent gets to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `slb serve` on a real interface in the foreground and exits with its status.
 pub fn serve_on_iface(
@@ -81,15 +75,15 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
     let lab = Lab::up(PREFIX, N, BACKENDS)?;
     let services = start_services(&lab)?;
 
-    let (mut agent, lines) = Agent::start(slb, &config, lab.lb_ns())?;
-    let outcome = supervise(&mut agent, &lines, &interrupted, &lab, slb, &pins.0);
+    let mut agent = Agent::start(slb, &config, lab.lb_ns(), true)?;
+    let outcome = supervise(&mut agent, &interrupted, &lab, slb, &pins.0);
 
     // Teardown order matters: the agent stops first; `slb unload` then detaches the XDP
     // programs it leaves running (by design it keeps forwarding across restarts) and removes
     // its pins; the services' sockets must be gone for the namespaces to disappear.
     let stopped = agent.stop();
     // What it said while shutting down (best effort: the relay threads may still be reading).
-    for line in lines.try_iter() {
+    for line in agent.lines.try_iter() {
         println!("slb: {line}");
     }
     let unloaded = unload(slb, lab.lb_ns(), &pins.0);
@@ -105,26 +99,10 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
         .and(lab_down)
 }
 
-/// `slb unload --pin-path <pins>`, in the LB namespace where the programs are attached.
-fn unload(slb: &Path, ns: &str, pins: &Path) -> Result<()> {
-    if !pins.exists() {
-        return Ok(());
-    }
-    cmd::run(
-        Command::new("nsenter")
-            .arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg(slb)
-            .arg("unload")
-            .arg("--pin-path")
-            .arg(pins),
-    )
-}
-
 /// Waits for `slb ready`, prints how to try the demo, then relays the agent's output until
 /// Ctrl-C or until the agent exits on its own (an error).
 fn supervise(
     agent: &mut Agent,
-    lines: &Receiver<String>,
     interrupted: &AtomicBool,
     lab: &Lab,
     slb: &Path,
@@ -134,7 +112,7 @@ fn supervise(
     let mut early_output = Vec::new();
     let mut ready = false;
     loop {
-        match lines.recv_timeout(Duration::from_millis(100)) {
+        match agent.lines.recv_timeout(Duration::from_millis(100)) {
             Ok(line) if ready => println!("slb: {line}"),
             Ok(line) => {
                 ready = line.starts_with("slb ready");
@@ -152,7 +130,7 @@ fn supervise(
         }
         if let Some(status) = agent.child.try_wait().context("waiting for the agent")? {
             // Whatever it printed last explains why.
-            early_output.extend(lines.try_iter());
+            early_output.extend(agent.lines.try_iter());
             bail!(
                 "the agent exited ({status}){}:\n{}",
                 if ready { "" } else { " before it was ready" },
@@ -231,74 +209,4 @@ impl PinDir {
             _ => Ok(()),
         }
     }
-}
-
-/// The agent, running in the LB namespace.
-struct Agent {
-    child: Child,
-}
-
-impl Agent {
-    /// Starts `slb serve` in namespace `ns`; its stdout and stderr lines arrive on the receiver.
-    fn start(slb: &Path, config: &Path, ns: &str) -> Result<(Agent, Receiver<String>)> {
-        let mut serve = Command::new("nsenter");
-        // nsenter enters only the network namespace: the agent stays in the root mount
-        // namespace, so its pins under /sys/fs/bpf are the ones the host sees (`ip netns exec`
-        // would give it a private /sys).
-        serve
-            .arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg(slb)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: Ctrl-C in the terminal reaches only xtask, which then
-            // stops the agent in order and cleans up after it.
-            .process_group(0);
-        let mut child = serve
-            .spawn()
-            .with_context(|| format!("starting `{}`", cmd::display(&serve)))?;
-        let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            relay_lines(out, tx.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            relay_lines(err, tx);
-        }
-        Ok((Agent { child }, rx))
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited after [`STOP_TIMEOUT`].
-    fn stop(&mut self) -> Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).context("agent pid")?);
-        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the agent")?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        self.child.kill().context("killing the agent")?;
-        self.child.wait().context("waiting for the agent")?;
-        bail!(
-            "the agent ignored SIGTERM for {} s and was killed",
-            STOP_TIMEOUT.as_secs()
-        )
-    }
-}
-
-/// Sends each line `from` produces to `to`, on a thread of its own so that neither pipe fills.
-fn relay_lines(from: impl Read + Send + 'static, to: Sender<String>) {
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if to.send(line).is_err() {
-                return;
-            }
-        }
-    });
 }

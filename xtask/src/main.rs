@@ -5,6 +5,7 @@
 //! * `demo`: `build-and-load`, the agent in a network-namespace lab, or on a real interface.
 //! * `bench`: `bench l4`, the L4 benchmarks.
 //! * this file: the command line, `test` and `replay`.
+mod agent;
 mod bench;
 mod demo;
 mod setup;
