@@ -100,6 +100,33 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
+/// LPM key of one ACL entry: the ACL id as a full 32-bit prefix, then the network.
+enum AclKey {
+    V4(Key<AclV4>),
+    V6(Key<AclV6>),
+}
+
+fn acl_key(id: u32, net: &IpNet) -> AclKey {
+    let acl = id.to_be_bytes();
+    let plen = 32 + u32::from(net.prefix_len());
+    match net {
+        IpNet::V4(n) => AclKey::V4(Key::new(
+            plen,
+            AclV4 {
+                acl,
+                addr: n.network().octets(),
+            },
+        )),
+        IpNet::V6(n) => AclKey::V6(Key::new(
+            plen,
+            AclV6 {
+                acl,
+                addr: n.network().octets(),
+            },
+        )),
+    }
+}
+
 /// Zeroes one slot of a per-CPU counter array on every CPU (a reused slot starts from zero).
 fn zero_slot<T: aya::Pod + Default + Clone>(
     map: &mut PerCpuArray<MapData, T>,
@@ -248,67 +275,28 @@ impl Sync {
     }
 
     fn acl_insert(&mut self, id: u32, net: &IpNet) -> Result<(), DataplaneError> {
-        let acl = id.to_be_bytes();
-        let plen = 32 + u32::from(net.prefix_len());
-        match net {
-            IpNet::V4(n) => self
+        match acl_key(id, net) {
+            AclKey::V4(k) => self
                 .maps
                 .acl_v4
-                .insert(
-                    &Key::new(
-                        plen,
-                        AclV4 {
-                            acl,
-                            addr: n.network().octets(),
-                        },
-                    ),
-                    1,
-                    0,
-                )
+                .insert(&k, 1, 0)
                 .map_err(map_err(MAP_ACL_V4)),
-            IpNet::V6(n) => self
+            AclKey::V6(k) => self
                 .maps
                 .acl_v6
-                .insert(
-                    &Key::new(
-                        plen,
-                        AclV6 {
-                            acl,
-                            addr: n.network().octets(),
-                        },
-                    ),
-                    1,
-                    0,
-                )
+                .insert(&k, 1, 0)
                 .map_err(map_err(MAP_ACL_V6)),
         }
     }
 
     fn acl_remove(&mut self, id: u32, net: &IpNet) -> Result<(), DataplaneError> {
-        let acl = id.to_be_bytes();
-        let plen = 32 + u32::from(net.prefix_len());
-        let r = match net {
-            IpNet::V4(n) => self.maps.acl_v4.remove(&Key::new(
-                plen,
-                AclV4 {
-                    acl,
-                    addr: n.network().octets(),
-                },
-            )),
-            IpNet::V6(n) => self.maps.acl_v6.remove(&Key::new(
-                plen,
-                AclV6 {
-                    acl,
-                    addr: n.network().octets(),
-                },
-            )),
+        let (r, name) = match acl_key(id, net) {
+            AclKey::V4(k) => (self.maps.acl_v4.remove(&k), MAP_ACL_V4),
+            AclKey::V6(k) => (self.maps.acl_v6.remove(&k), MAP_ACL_V6),
         };
         match r {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map {
-                name: MAP_ACL_V4,
-                source,
-            }),
+            Err(source) => Err(DataplaneError::Map { name, source }),
         }
     }
 
