@@ -24,7 +24,7 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
 };
 use slb_common::*;
 
@@ -103,8 +103,9 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Pkt, meta: &ListenerMeta) -> u32 {
         stats::global(GS_FIB_PASS);
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain helper call. The coarse clock (one tick behind at most) is ample for
+    // timeouts in seconds and avoids a clock-source read per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let fkey = conntrack::key(
         pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport,
     );
@@ -140,7 +141,7 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Pkt, meta: &ListenerMeta) -> u32 {
     if nat::rewrite(ctx, pkt, End::Dst, be.addr, be.port).is_none() {
         return drop(id, LS_DROP_NO_FLOW);
     }
-    nat::forward(ctx, pkt)
+    nat::forward(ctx, pkt, Some((slot, now)))
 }
 
 /// Backend → client: undo the DNAT so the client sees the VIP and listener port.
@@ -149,8 +150,9 @@ fn to_client(ctx: &XdpContext, pkt: &mut Pkt, rev: &RevFlowEntry) -> u32 {
     stats::global(GS_REVERSE_NAT);
     stats::listener_packet(rev.listener, LS_REPLY_PACKETS, pkt.len);
     stats::backend_packet(rev.backend, BS_REPLY_PACKETS, pkt.len);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain helper call. The coarse clock (one tick behind at most) is ample for
+    // timeouts in seconds and avoids a clock-source read per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let fkey = conntrack::key(
         pkt.family, pkt.proto, pkt.dst, rev.vip, pkt.dport, rev.vport,
     );
@@ -158,7 +160,7 @@ fn to_client(ctx: &XdpContext, pkt: &mut Pkt, rev: &RevFlowEntry) -> u32 {
     if nat::rewrite(ctx, pkt, End::Src, rev.vip, rev.vport).is_none() {
         return xdp_action::XDP_DROP;
     }
-    nat::forward(ctx, pkt)
+    nat::forward(ctx, pkt, None)
 }
 
 #[cfg(not(test))]

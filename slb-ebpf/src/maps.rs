@@ -1,11 +1,13 @@
 //! Every map of the program. Sizes are defaults; the agent overrides the flow tables' capacity
 //! at load time, and pins the maps so a restarted agent adopts them.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{bpf_fib_lookup, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use slb_common::*;
+
+use crate::nat::NextHop;
 
 /// (VIP, port, protocol) → listener.
 #[map]
@@ -52,3 +54,9 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GS_COUNT, 0);
+/// Scratch space for the `bpf_fib_lookup` parameters (too large for the stack).
+#[map]
+pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+/// Backend slot → the FIB's last answer towards it (see `nat::forward`).
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
