@@ -6,8 +6,10 @@
 //! [`Issue`]s; this module reads a file, runs the checks, and places every issue at a file line.
 
 mod error;
+pub mod export;
 mod model;
 mod params;
+mod pmap;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -22,6 +24,7 @@ use toml_edit::ImDocument;
 pub use error::{ApiCode, ConfigError, Issue, Located};
 pub use model::*;
 pub use params::Params;
+pub use pmap::{PValue, ParamMap};
 pub use validate::{
     check_acl, check_backend_server, check_description, check_group_server, check_listener,
     check_listener_count, check_listener_set, check_load_balancer, check_master_slave_group,

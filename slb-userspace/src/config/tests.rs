@@ -1207,3 +1207,68 @@ fn listener_check_works_on_query_parameters_b12_5() {
     let issues = check_listener_set(&[(0, &l), (1, &l)]);
     assert_eq!(issues[0].code, ApiCode::ListenerAlreadyExists);
 }
+
+/// The exporter is the inverse of the reader: example file → model → TOML → the same model, with
+/// every listener kind, group kind, ACL and registry entry of the example (state store and
+/// `slb export` rely on this).
+#[test]
+fn export_round_trips_the_example_file() {
+    let c = ok(include_str!("example.toml"));
+    let text = export::to_toml(&c.servers, &c.acls, &c.load_balancers);
+    let back = ok(&text);
+    assert_eq!(back.servers, c.servers);
+    assert_eq!(back.acls, c.acls);
+    assert_eq!(back.load_balancers, c.load_balancers, "{text}");
+    // And once more: the export of the export is byte-identical.
+    assert_eq!(
+        export::to_toml(&back.servers, &back.acls, &back.load_balancers),
+        text
+    );
+}
+
+/// B1.5 groundwork: a request's parameters overlay the exported ones, so an omitted parameter
+/// keeps its stored value and a given one replaces it.
+#[test]
+fn param_map_overlay_keeps_omitted_values_b1_5() {
+    let c = ok(include_str!("example.toml"));
+    let lb = &c.load_balancers[0];
+    let l = &lb.listeners[0];
+    let mut stored = export::listener(l);
+    let mut request = ParamMap::new();
+    request.set_str("Scheduler", "rr");
+    stored.overlay(&request);
+    let ctx = ListenerContext {
+        vip: lb.address,
+        vserver_groups: &lb.vserver_groups,
+        master_slave_groups: &lb.master_slave_groups,
+        acls: &c.acls,
+    };
+    let changed = check_listener(&mut stored, ctx).expect("valid");
+    assert_eq!(changed.scheduler, Scheduler::Rr);
+    assert_eq!(changed.listener_port, l.listener_port);
+    assert_eq!(changed.health_check, l.health_check);
+}
+
+/// §1.7: list parameters arrive as JSON text; numbers given as strings are accepted.
+#[test]
+fn param_map_reads_json_lists_with_string_numbers() {
+    let mut p = ParamMap::new();
+    p.set_str(
+        "BackendServers",
+        r#"[{"ServerId":"10.0.0.9","Weight":"40"},{"ServerId":"10.0.0.8","Weight":7}]"#,
+    );
+    let servers = BTreeMap::new();
+    let ctx = MemberContext {
+        servers: &servers,
+        vip: "10.0.100.1".parse().unwrap(),
+    };
+    let mut list = p.objects("BackendServers").unwrap().unwrap();
+    let a = check_backend_server(&mut list[0], ctx).unwrap();
+    let b = check_backend_server(&mut list[1], ctx).unwrap();
+    assert_eq!((a.weight, b.weight), (40, 7));
+    for bad in ["{", "{}", "[1]", "[{\"ServerId\":null}]", "[[]]"] {
+        let mut p = ParamMap::new();
+        p.set_str("BackendServers", bad);
+        assert!(p.objects("BackendServers").is_err(), "{bad}");
+    }
+}
