@@ -4,11 +4,13 @@
 //! - `config`: the API-shaped TOML model and its validation
 //! - `dataplane`: Maglev rings and sequences, the map image, loader, sync
 //! - `agent`: the running data plane of `slb serve`
+//! - `api`: the SLB management API and its durable state
 //! - `simulate`: userspace mirror of the kernel's new-flow choice
 //! - `stats`: counters of a running agent
 //! - `replay`: packets through the real program with `BPF_PROG_TEST_RUN`, pcap in/out
 
 pub mod agent;
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod dataplane;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use slb::{
     agent::Agent,
-    config,
+    api, config,
     dataplane::{image::Image, loader, maps::Maps},
     replay::{self, Harness, Ingress},
     simulate, stats,
@@ -92,6 +92,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Call the management API of a running agent, signed with a key from a key file, and
+    /// print the JSON response: `slb call DescribeLoadBalancers --RegionId local`.
+    Call {
+        action: String,
+        /// API endpoint (the `[Api] Listen` address).
+        #[arg(long, default_value = "127.0.0.1:8600")]
+        endpoint: SocketAddr,
+        /// Access key file; its first key signs the call.
+        #[arg(long, default_value = "/etc/slb/access-keys.toml")]
+        keys_file: PathBuf,
+        /// The action's parameters as `--Name value` pairs.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        params: Vec<String>,
+    },
     /// Detach the program and remove every pinned map and link of an agent.
     Unload {
         #[arg(long, default_value = "/sys/fs/bpf/slb")]
@@ -142,6 +156,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Call {
+            action,
+            endpoint,
+            keys_file,
+            params,
+        } => call_cmd(&action, endpoint, &keys_file, &params),
         Cmd::Unload { pin_path } => Ok(loader::unload(&pin_path)?),
     }
 }
@@ -164,8 +184,125 @@ fn load_config(
     Ok(cfg)
 }
 
+fn call_cmd(
+    action: &str,
+    endpoint: SocketAddr,
+    keys_file: &Path,
+    params: &[String],
+) -> anyhow::Result<()> {
+    let keys = api::sign::AccessKeys::load(keys_file)?;
+    let (key_id, secret) = keys
+        .first()
+        .map(|(i, s)| (i.to_string(), s.to_string()))
+        .with_context(|| format!("{} holds no access key", keys_file.display()))?;
+    let mut pairs = Vec::new();
+    let mut it = params.iter();
+    while let Some(name) = it.next() {
+        let Some(name) = name.strip_prefix("--") else {
+            bail!("expected --Name value, found {name:?}");
+        };
+        let value = it
+            .next()
+            .with_context(|| format!("--{name} has no value"))?;
+        pairs.push((name.to_string(), value.clone()));
+    }
+    let client = api::client::Client {
+        addr: endpoint,
+        key_id,
+        secret,
+    };
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = rt.block_on(client.call(action, &refs))?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if status >= 400 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `slb serve` with an `[Api]` section: the state store is the source of truth (seeded from
+/// the file's resources when new), the API changes it, and every committed generation is
+/// programmed into the data plane.
+fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result<()> {
+    let keys = api::sign::AccessKeys::load(&section.keys_file)?;
+    let store = api::store::Store::open(&section.state_path)?;
+    let state = api::state::State::open(store, Some(&cfg))?;
+    let settings = api::Settings {
+        region_id: cfg.agent.region_id.clone(),
+        zone_ids: section.zone_ids.clone(),
+        vip_pool: section.vip_pool.clone(),
+    };
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(0u64);
+    let (api, mut published) = api::Api::new(state, settings, cfg.agent.clone(), applied_rx);
+    let api = std::sync::Arc::new(api);
+    let first = published.borrow_and_update().clone();
+    let (mut agent, report) = Agent::start(&first.config)?;
+    applied_tx.send_replace(first.generation);
+    log::info!("programmed: {report:?}");
+    let verifier = std::sync::Arc::new(api::sign::Verifier::new(keys));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listener = tokio::net::TcpListener::bind(section.listen)
+            .await
+            .with_context(|| format!("binding the API to {}", section.listen))?;
+        println!(
+            "slb ready: API on http://{} (state {}), interfaces [{}], maps pinned at {}",
+            section.listen,
+            section.state_path.display(),
+            cfg.agent.interfaces.join(", "),
+            agent.pin_dir.display()
+        );
+        std::io::stdout().flush()?;
+        let server = tokio::spawn(api::http::serve(api.clone(), verifier, listener));
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => if let Err(e) = agent.reap() {
+                    log::error!("closing idle flows: {e}");
+                },
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let p = published.borrow_and_update().clone();
+                    match agent.reload(&p.config) {
+                        Ok(r) => {
+                            log::info!("generation {} programmed: {r:?}", p.generation);
+                            applied_tx.send_replace(p.generation);
+                        }
+                        Err(e) => log::error!("programming generation {} failed: {e}", p.generation),
+                    }
+                },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        server.abort();
+        log::info!(
+            "exiting; the data plane keeps forwarding (`slb unload --pin-path {}` removes it)",
+            agent.pin_dir.display()
+        );
+        anyhow::Ok(())
+    })
+}
+
 fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result<()> {
     let cfg = load_config(path, ifaces.clone(), mode)?;
+    if let Some(section) = cfg.agent.api.clone() {
+        return serve_api(cfg, section);
+    }
     let (mut agent, report) = Agent::start(&cfg)?;
     log::info!("programmed: {report:?}");
     println!(

@@ -29,6 +29,8 @@ pub enum ApiCode {
     ListenerForwardNotSupport,
     IpNotAvailable,
     DuplicatedAclEntry,
+    /// `InvalidParameter` "RS Pool doesn't exist.", the 404 flavour (§14).
+    RsPoolNotFound,
 }
 
 impl ApiCode {
@@ -54,6 +56,17 @@ impl ApiCode {
             ApiCode::ListenerForwardNotSupport => "ListenerForwardNotSupport",
             ApiCode::IpNotAvailable => "IpNotAvailable",
             ApiCode::DuplicatedAclEntry => "Duplicated.AclEntry",
+            ApiCode::RsPoolNotFound => "InvalidParameter",
+        }
+    }
+}
+
+impl ApiCode {
+    /// HTTP status of an error response with this code (§14).
+    pub fn http_status(self) -> u16 {
+        match self {
+            ApiCode::RsPoolNotFound => 404,
+            _ => 400,
         }
     }
 }

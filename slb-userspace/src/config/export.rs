@@ -247,7 +247,10 @@ pub fn listener(l: &Listener) -> ParamMap {
     health_check(&mut m, l.protocol, &l.health_check);
     if let Some(tcp) = &l.tcp {
         m.set_str("SynProxy", if tcp.syn_proxy { "enable" } else { "disable" });
-        m.set("ProxyProtocolV2Enabled", PValue::Bool(tcp.proxy_protocol_v2));
+        m.set(
+            "ProxyProtocolV2Enabled",
+            PValue::Bool(tcp.proxy_protocol_v2),
+        );
     }
     if let Some(http) = &l.http {
         http_settings(&mut m, l.protocol, http);
@@ -273,7 +276,12 @@ pub fn load_balancer(lb: &LoadBalancer) -> ParamMap {
     );
     m.set(
         "MasterSlaveServerGroups",
-        PValue::List(lb.master_slave_groups.iter().map(master_slave_group).collect()),
+        PValue::List(
+            lb.master_slave_groups
+                .iter()
+                .map(master_slave_group)
+                .collect(),
+        ),
     );
     m.set(
         "Listeners",
@@ -375,11 +383,7 @@ fn table(m: &ParamMap, nested: Option<&str>) -> Table {
 
 /// The resources of `cfg` (not the `[Agent]` section) as a TOML document that
 /// [`super::parse`] accepts and turns back into the same resources.
-pub fn to_toml(
-    servers: &BTreeMap<String, IpAddr>,
-    acls: &[Acl],
-    lbs: &[LoadBalancer],
-) -> String {
+pub fn to_toml(servers: &BTreeMap<String, IpAddr>, acls: &[Acl], lbs: &[LoadBalancer]) -> String {
     let mut doc = DocumentMut::new();
     let mut section = |name: &str, maps: Vec<ParamMap>, nested: Option<&str>| {
         if maps.is_empty() {

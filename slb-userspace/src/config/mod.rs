@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use toml_edit::ImDocument;
 
 pub use error::{ApiCode, ConfigError, Issue, Located};
@@ -81,7 +82,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
 
 fn read_config(root: &mut TomlParams<'_>) -> (Config, Vec<Issue>) {
     let mut issues = Vec::new();
-    let agent = match root.table("Agent") {
+    let mut agent = match root.table("Agent") {
         Ok(Some(mut t)) => read_agent(&mut t, &mut issues),
         Ok(None) => Agent::default(),
         Err(issue) => {
@@ -89,6 +90,11 @@ fn read_config(root: &mut TomlParams<'_>) -> (Config, Vec<Issue>) {
             Agent::default()
         }
     };
+    match root.table("Api") {
+        Ok(Some(mut t)) => agent.api = read_api(&mut t, &mut issues),
+        Ok(None) => {}
+        Err(issue) => issues.push(issue),
+    }
     let mut r = Read::new(root);
     let servers = read_servers(&mut r);
     let mut acls = Vec::new();
@@ -236,6 +242,7 @@ fn read_agent(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Agent {
         flow_table_size,
         persist_table_size,
         region_id,
+        api: None,
     };
     issues.extend(
         r.finish(&[], "[Agent]")
@@ -243,6 +250,75 @@ fn read_agent(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Agent {
             .map(|i| i.under("Agent")),
     );
     agent
+}
+
+/// `[Api]`: where the management API listens, its keys, state and VIP pool.
+fn read_api(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Option<ApiSection> {
+    let mut lists = |name: &str| {
+        t.string_list(name).unwrap_or_else(|issue| {
+            issues.push(issue.under("Api"));
+            None
+        })
+    };
+    let pool_text = lists("VipPool").unwrap_or_default();
+    let zone_ids = lists("ZoneIds").unwrap_or_else(|| vec!["local-a".to_string()]);
+    let mut r = Read::new(t);
+    let listen = match r.string("Listen") {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8600))),
+        Some(s) => match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                r.issue(
+                    "Listen",
+                    ApiCode::InvalidParameter,
+                    "config",
+                    format!("{s:?} is not an address:port"),
+                );
+                None
+            }
+        },
+    };
+    let keys_file = r
+        .string("KeysFile")
+        .map_or_else(|| PathBuf::from("/etc/slb/access-keys.toml"), PathBuf::from);
+    let state_path = r
+        .string("StatePath")
+        .map_or_else(|| PathBuf::from("/var/lib/slb/state.redb"), PathBuf::from);
+    let tls_cert = r.string("TlsCertificate").map(PathBuf::from);
+    let tls_key = r.string("TlsPrivateKey").map(PathBuf::from);
+    if tls_cert.is_some() != tls_key.is_some() {
+        r.issue(
+            "TlsCertificate",
+            ApiCode::InvalidParameter,
+            "config",
+            "TlsCertificate and TlsPrivateKey go together",
+        );
+    }
+    let mut vip_pool = Vec::new();
+    for (i, text) in pool_text.iter().enumerate() {
+        match text.parse::<IpNet>() {
+            Ok(n) => vip_pool.push(n),
+            Err(_) => r.issue(
+                format!("VipPool[{i}]"),
+                ApiCode::InvalidParameter,
+                "config",
+                format!("{text:?} is not a CIDR"),
+            ),
+        }
+    }
+    let done = r.finish(&[], "[Api]");
+    let ok = done.is_empty();
+    issues.extend(done.into_iter().map(|i| i.under("Api")));
+    Some(ApiSection {
+        listen: listen?,
+        keys_file,
+        state_path,
+        vip_pool,
+        zone_ids,
+        tls_cert,
+        tls_key,
+    })
+    .filter(|_| ok)
 }
 
 /// `[[Servers]]`: the ServerId → address registry (§7: a self-hosted LB needs one).

@@ -23,6 +23,25 @@ pub struct Agent {
     pub flow_table_size: u32,
     pub persist_table_size: u32,
     pub region_id: String,
+    /// `[Api]`: the management API; `None` = the file alone drives the data plane.
+    pub api: Option<ApiSection>,
+}
+
+/// The management API's settings (`[Api]` in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSection {
+    /// Address the API listens on; loopback by default.
+    pub listen: std::net::SocketAddr,
+    /// TOML file of access keys, readable by its owner only.
+    pub keys_file: PathBuf,
+    /// The redb state store.
+    pub state_path: PathBuf,
+    /// Where `CreateLoadBalancer` allocates VIPs.
+    pub vip_pool: Vec<IpNet>,
+    pub zone_ids: Vec<String>,
+    /// PEM certificate chain and key: serve the API over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Agent {
@@ -34,6 +53,7 @@ impl Default for Agent {
             flow_table_size: 1_048_576,
             persist_table_size: 262_144,
             region_id: "local".to_string(),
+            api: None,
         }
     }
 }

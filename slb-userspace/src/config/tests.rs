@@ -550,12 +550,12 @@ fn group_references_b4_3_b4_4() {
     single(
         &tcp("VServerGroupId = \"rsp-nope\""),
         "VServerGroupId",
-        ApiCode::InvalidParameter,
+        ApiCode::RsPoolNotFound,
     );
     single(
         &tcp("MasterSlaveServerGroupId = \"rsp-1\""),
         "MasterSlaveServerGroupId",
-        ApiCode::InvalidParameter,
+        ApiCode::RsPoolNotFound,
     );
 }
 

@@ -648,7 +648,7 @@ fn read_group<P: Params>(
     let not_found = |field: &str, id: &str| {
         Issue::new(
             field,
-            ApiCode::InvalidParameter,
+            ApiCode::RsPoolNotFound,
             Some("B4.2"),
             format!("RS Pool doesn't exist: no group {id:?} in this load balancer"),
         )
