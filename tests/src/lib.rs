@@ -7,6 +7,8 @@
 //! `udp(sport=..,dport=..,csum=1)` (`csum=0` leaves an IPv4 UDP checksum empty),
 //! `payload(text)` or `hex(00ff..)`. Checksums are computed from scratch by etherparse, so an
 //! expected packet written this way checks the program's incremental checksum updates.
+pub mod api;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

@@ -238,7 +238,8 @@ fn allocate_vip(ctx: &Ctx, version: &str) -> Result<IpAddr, ApiError> {
         .vip_pool
         .iter()
         .filter(|n| (version == "ipv6") == n.addr().is_ipv6())
-        .flat_map(|n| n.hosts().take(65_536))
+        // An IPv6 prefix's first address is the subnet-router anycast address.
+        .flat_map(|n| n.hosts().filter(move |a| *a != n.network()).take(65_536))
         .find(|a| !used.contains(a))
         .ok_or_else(|| {
             ApiError::new(

@@ -88,12 +88,14 @@ impl ParamMap {
                 serde_json::Value::Bool(b) => PValue::Bool(*b),
                 serde_json::Value::Number(n) => match n.as_i64() {
                     Some(i) => PValue::Int(i),
-                    None => return Err(invalid(
-                        name,
-                        format!(
+                    None => {
+                        return Err(invalid(
+                            name,
+                            format!(
                             "The specified parameter {name} is not valid: {k} is not an integer"
                         ),
-                    )),
+                        ))
+                    }
                 },
                 serde_json::Value::Array(items) => PValue::List(
                     items
@@ -101,12 +103,14 @@ impl ParamMap {
                         .map(|item| Self::from_json(name, item))
                         .collect::<Result<_, _>>()?,
                 ),
-                serde_json::Value::Null | serde_json::Value::Object(_) => return Err(invalid(
-                    name,
-                    format!(
+                serde_json::Value::Null | serde_json::Value::Object(_) => {
+                    return Err(invalid(
+                        name,
+                        format!(
                         "The specified parameter {name} is not valid: {k} has an unsupported value"
                     ),
-                )),
+                    ))
+                }
             };
             map.set(k, pv);
         }

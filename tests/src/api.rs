@@ -1,0 +1,137 @@
+//! An in-process API server on loopback with a fresh state store, for the API tests. The data
+//! plane is played by [`TestApi::settle`]: it acknowledges every published generation, which
+//! completes listener transitions exactly as the agent's programming loop does.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use serde_json::Value;
+use slb::api::{
+    client::Client,
+    http,
+    sign::{AccessKeys, Verifier},
+    state::State,
+    store::Store,
+    Api, Published, Settings,
+};
+use tokio::sync::watch;
+
+pub const KEY_ID: &str = "testid";
+pub const SECRET: &str = "testsecret";
+pub const REGION: &str = "cn-test";
+
+pub struct TestApi {
+    pub client: Client,
+    pub api: Arc<Api>,
+    pub dir: PathBuf,
+    published: watch::Receiver<Published>,
+    applied: watch::Sender<u64>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+pub fn settings() -> Settings {
+    Settings {
+        region_id: REGION.to_string(),
+        zone_ids: vec!["cn-test-a".to_string(), "cn-test-b".to_string()],
+        vip_pool: vec![
+            "10.66.0.0/24".parse().expect("CIDR"),
+            "fd66::/120".parse().expect("CIDR"),
+        ],
+    }
+}
+
+impl TestApi {
+    /// A server on a fresh store in a new temporary directory named after `name`.
+    pub async fn start(name: &str) -> anyhow::Result<TestApi> {
+        let dir = std::env::temp_dir().join(format!("slb-api-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self::start_in(dir).await
+    }
+
+    /// A server on the store in `dir` (kept if it exists: a restart).
+    pub async fn start_in(dir: PathBuf) -> anyhow::Result<TestApi> {
+        let store = Store::open(&dir.join("state.redb"))?;
+        let state = State::open(store, None)?;
+        let (applied, applied_rx) = watch::channel(0u64);
+        let (api, published) = Api::new(state, settings(), Default::default(), applied_rx);
+        let api = Arc::new(api);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let verifier = Arc::new(Verifier::new(AccessKeys::from_pairs([(
+            KEY_ID.to_string(),
+            SECRET.to_string(),
+        )])));
+        let server = tokio::spawn(http::serve(api.clone(), verifier, listener));
+        Ok(TestApi {
+            client: Client {
+                addr,
+                key_id: KEY_ID.to_string(),
+                secret: SECRET.to_string(),
+            },
+            api,
+            dir,
+            published,
+            applied,
+            server,
+        })
+    }
+
+    /// The data plane has applied everything published so far.
+    pub fn settle(&mut self) {
+        let g = self.published.borrow_and_update().generation;
+        self.applied.send_replace(g);
+    }
+
+    /// Calls and lets the data plane apply the result.
+    pub async fn call(&mut self, action: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let r = self.call_held(action, params).await;
+        self.settle();
+        r
+    }
+
+    /// Calls without letting the data plane apply it (to observe transitions).
+    pub async fn call_held(&mut self, action: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let mut all = vec![("RegionId", REGION)];
+        all.extend_from_slice(params);
+        match self.client.call(action, &all).await {
+            Ok(r) => r,
+            Err(e) => panic!("{action}: {e}"),
+        }
+    }
+
+    /// Calls and expects success.
+    pub async fn ok(&mut self, action: &str, params: &[(&str, &str)]) -> Value {
+        let (status, body) = self.call(action, params).await;
+        assert_eq!(status, 200, "{action} {params:?}: {body}");
+        body
+    }
+
+    /// Calls and expects the error `code` with HTTP `status`.
+    pub async fn err(
+        &mut self,
+        action: &str,
+        params: &[(&str, &str)],
+        code: &str,
+        status: u16,
+    ) -> Value {
+        let (s, body) = self.call(action, params).await;
+        assert_eq!(
+            (s, body["Code"].as_str()),
+            (status, Some(code)),
+            "{action} {params:?}: {body}"
+        );
+        assert!(
+            body["RequestId"].is_string() && body["HostId"].is_string(),
+            "{body}"
+        );
+        body
+    }
+
+    /// Stops the server and returns the store directory (for a restart).
+    pub async fn stop(self) -> PathBuf {
+        self.server.abort();
+        let _ = self.server.await;
+        drop(self.api);
+        // Connection tasks hold the API until their (one-shot) connections close.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        self.dir
+    }
+}
