@@ -10,8 +10,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use xtask::cmd;
 
-/// Debian packages the tests and the demo use: `ip`, `ethtool` (veth offloads), `nft`, `nc` (the
-/// demo's client), `tcpdump`, `bpftool` (inspecting loaded programs and maps), `curl` (L7).
+/// Debian packages the build, the tests and the demo use: `ip`, `ethtool` (veth offloads),
+/// `nft`, `nc` (the demo's client), `tcpdump`, `bpftool` (inspecting loaded programs and maps),
+/// `curl` (L7), OpenSSL headers for the agent's certificate handling and the `openssl` CLI the
+/// tests make certificates with, Python for the Alibaba Cloud SDK compatibility tests.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -20,6 +22,19 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "curl",
+    "pkg-config",
+    "libssl-dev",
+    "openssl",
+    "python3",
+    "python3-venv",
+];
+
+/// The Alibaba Cloud SDKs the compatibility tests drive the API with (tests/sdk/*.py), pinned.
+const SDKS: &[&str] = &[
+    "alibabacloud-slb20140515==3.3.31",
+    "alibabacloud-tea-openapi==0.4.6",
+    "aliyun-python-sdk-slb==3.3.22",
+    "aliyun-python-sdk-core==2.16.1",
 ];
 
 pub fn run() -> Result<()> {
@@ -27,6 +42,7 @@ pub fn run() -> Result<()> {
     bpf_linker().context("installing bpf-linker")?;
     debian_packages().context("installing Debian packages")?;
     bpffs().context("mounting bpffs")?;
+    python_sdks().context("installing the Alibaba Cloud Python SDKs")?;
     // RLIMIT_MEMLOCK needs no raising: since Linux 5.11 BPF memory is charged to the memory
     // cgroup instead.
     Ok(())
@@ -191,6 +207,30 @@ fn is_installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
+/// A virtualenv at `~/.cache/slb/venv` with [`SDKS`] (tests/tests/sdk.rs runs them).
+fn python_sdks() -> Result<()> {
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let venv = PathBuf::from(home).join(".cache/slb/venv");
+    let python = venv.join("bin/python");
+    let present = cmd::succeeds(
+        Command::new(&python).args(["-c", "import alibabacloud_slb20140515, aliyunsdkslb"]),
+    );
+    if present {
+        return Ok(());
+    }
+    say(&format!(
+        "creating {} with the Alibaba Cloud SDKs: {}",
+        venv.display(),
+        SDKS.join(" ")
+    ));
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(SDKS),
+    )
 }
 
 /// The agent pins its maps under /sys/fs/bpf, which needs a bpf filesystem there.

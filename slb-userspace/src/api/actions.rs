@@ -238,8 +238,16 @@ fn allocate_vip(ctx: &Ctx, version: &str) -> Result<IpAddr, ApiError> {
         .vip_pool
         .iter()
         .filter(|n| (version == "ipv6") == n.addr().is_ipv6())
-        // An IPv6 prefix's first address is the subnet-router anycast address.
-        .flat_map(|n| n.hosts().filter(move |a| *a != n.network()).take(65_536))
+        .flat_map(|n| {
+            // A single-address "pool" is that address; otherwise skip the network address
+            // (for IPv6 the subnet-router anycast address).
+            let all: Box<dyn Iterator<Item = IpAddr>> = if n.prefix_len() == n.max_prefix_len() {
+                Box::new(std::iter::once(n.addr()))
+            } else {
+                Box::new(n.hosts().filter(move |a| *a != n.network()))
+            };
+            all.take(65_536)
+        })
         .find(|a| !used.contains(a))
         .ok_or_else(|| {
             ApiError::new(
