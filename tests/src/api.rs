@@ -135,3 +135,20 @@ impl TestApi {
         self.dir
     }
 }
+
+/// The `slb` binary of this build, next to the test executables' `deps` directory.
+pub fn slb_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("slb"))
+        .ok_or_else(|| anyhow::anyhow!("no target directory above {}", exe.display()))?;
+    if !bin.exists() {
+        anyhow::bail!(
+            "{} is missing: run the suite with `cargo xtask test`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}

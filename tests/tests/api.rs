@@ -1312,3 +1312,302 @@ async fn state_survives_restart() {
     };
     assert_eq!(strip(before), strip(after));
 }
+
+/// Codes the spec documents (slb-api.md §14, §5.4) that a bad request may get.
+const DOCUMENTED: &[&str] = &[
+    "MissingParameter",
+    "InvalidParameter",
+    "UnsupportedParameter",
+    "InternalError",
+    "ProcessingSameRequest",
+    "InvalidLoadBalancerId.NotFound",
+    "ListenerNotFound",
+    "UnsupportedOperation",
+    "InvalidRegionId.NotFound",
+    "InvalidWeight.Malformed",
+    "InvalidServerId.NotFound",
+    "TooManyBackendServers",
+    "IpNotAvailable",
+    "ListenerAlreadyExists",
+    "UnsupportedOperationonfixedprotocalport",
+    "InvalidParameter.VServerGroupId",
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+/// Everything a client can read back, without the per-response RequestId.
+async fn snapshot(t: &mut TestApi, lb: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (action, params) in [
+        ("DescribeLoadBalancers", vec![]),
+        (
+            "DescribeLoadBalancerAttribute",
+            vec![("LoadBalancerId", lb)],
+        ),
+        (
+            "DescribeLoadBalancerTCPListenerAttribute",
+            vec![("LoadBalancerId", lb), ("ListenerPort", "80")],
+        ),
+        ("DescribeVServerGroups", vec![("LoadBalancerId", lb)]),
+        ("DescribeTags", vec![]),
+    ] {
+        let mut v = t.ok(action, &params).await;
+        v.as_object_mut().unwrap().remove("RequestId");
+        out.push(v);
+    }
+    out
+}
+
+/// Thousands of generated bad requests — missing, duplicated, oversized, wrongly typed,
+/// non-UTF-8, out-of-range, bad JSON lists, bad signatures, unknown parameters, wrong version
+/// or region: every one gets a documented 4xx code, none a 5xx, and the state is unchanged.
+#[tokio::test]
+async fn malformed_requests_get_documented_4xx_and_change_nothing() {
+    let mut t = TestApi::start("malformed").await.unwrap();
+    let id = lb(&mut t).await;
+    tcp_listener(&mut t, &id, "80", &[]).await;
+    let before = snapshot(&mut t, &id).await;
+    let servers = r#"[{"ServerId":"10.66.1.9","Port":80}]"#;
+    // (action, valid parameters, required names, numeric names, list names)
+    let bases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "CreateLoadBalancerTCPListener",
+            vec![
+                ("LoadBalancerId", &id),
+                ("ListenerPort", "9000"),
+                ("BackendServerPort", "80"),
+                ("Bandwidth", "-1"),
+            ],
+            vec!["LoadBalancerId", "ListenerPort", "BackendServerPort"],
+            vec![
+                "ListenerPort",
+                "BackendServerPort",
+                "Bandwidth",
+                "PersistenceTimeout",
+                "HealthyThreshold",
+            ],
+            vec![],
+        ),
+        (
+            "AddBackendServers",
+            vec![
+                ("LoadBalancerId", &id),
+                ("BackendServers", r#"[{"ServerId":"10.66.1.9"}]"#),
+            ],
+            vec!["LoadBalancerId", "BackendServers"],
+            vec![],
+            vec!["BackendServers"],
+        ),
+        (
+            "SetLoadBalancerTCPListenerAttribute",
+            vec![
+                ("LoadBalancerId", &id),
+                ("ListenerPort", "80"),
+                ("Scheduler", "rr"),
+            ],
+            vec!["LoadBalancerId", "ListenerPort"],
+            vec!["ListenerPort", "EstablishedTimeout", "HealthCheckInterval"],
+            vec![],
+        ),
+        (
+            "CreateVServerGroup",
+            vec![
+                ("LoadBalancerId", &id),
+                ("VServerGroupName", "g"),
+                ("BackendServers", servers),
+            ],
+            vec!["LoadBalancerId", "VServerGroupName"],
+            vec![],
+            vec!["BackendServers"],
+        ),
+        (
+            "SetLoadBalancerName",
+            vec![("LoadBalancerId", &id), ("LoadBalancerName", "n")],
+            vec!["LoadBalancerId", "LoadBalancerName"],
+            vec![],
+            vec![],
+        ),
+        (
+            "AddTags",
+            vec![
+                ("LoadBalancerId", &id),
+                ("Tags", r#"[{"TagKey":"k","TagValue":"v"}]"#),
+            ],
+            vec!["LoadBalancerId", "Tags"],
+            vec![],
+            vec!["Tags"],
+        ),
+        (
+            "DeleteLoadBalancerListener",
+            vec![("LoadBalancerId", &id), ("ListenerPort", "80")],
+            vec!["LoadBalancerId", "ListenerPort"],
+            vec!["ListenerPort"],
+            vec![],
+        ),
+        (
+            "DeleteLoadBalancer",
+            vec![("LoadBalancerId", &id)],
+            vec!["LoadBalancerId"],
+            vec![],
+            vec![],
+        ),
+        (
+            "SetLoadBalancerStatus",
+            vec![("LoadBalancerId", &id), ("LoadBalancerStatus", "inactive")],
+            vec!["LoadBalancerId", "LoadBalancerStatus"],
+            vec![],
+            vec![],
+        ),
+    ];
+    let bad_numbers = [
+        "-7",
+        "70000",
+        "99999999999999999999",
+        "1.5",
+        "abc",
+        "",
+        " ",
+        "0x10",
+    ];
+    let bad_lists = [
+        "[",
+        "{}",
+        "[1,2]",
+        "\"x\"",
+        "[{\"ServerId\":",
+        "[[[]]]",
+        "null",
+        "[{\"Weight\":\"heavy\",\"ServerId\":\"10.66.1.9\",\"Port\":80}]",
+    ];
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let big = "x".repeat(200_000);
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..3000 {
+        let (action, base, required, numeric, lists) = rng.pick(&bases).clone();
+        let mut params: Vec<(String, String)> = base
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let set = |params: &mut Vec<(String, String)>, k: &str, v: &str| {
+            params.retain(|(n, _)| n != k);
+            params.push((k.to_string(), v.to_string()));
+        };
+        let kind = rng.next() % 10;
+        let (status, body) = match kind {
+            0 => {
+                let k = rng.pick(&required);
+                params.retain(|(n, _)| n != k);
+                t.client.call(action, &refs(&params, REGION)).await.unwrap()
+            }
+            1 if !numeric.is_empty() => {
+                let k = rng.pick(&numeric);
+                let v = *rng.pick(&bad_numbers);
+                set(&mut params, k, v);
+                t.client.call(action, &refs(&params, REGION)).await.unwrap()
+            }
+            2 if !lists.is_empty() => {
+                let k = rng.pick(&lists);
+                let v = *rng.pick(&bad_lists);
+                set(&mut params, k, v);
+                t.client.call(action, &refs(&params, REGION)).await.unwrap()
+            }
+            3 => {
+                set(&mut params, &format!("Bogus{}", rng.next() % 100), "1");
+                t.client.call(action, &refs(&params, REGION)).await.unwrap()
+            }
+            4 => {
+                // Oversized: a 200 kB value for a required parameter.
+                let k = rng.pick(&required);
+                set(&mut params, k, &big);
+                t.client
+                    .call_form(action, &refs(&params, REGION))
+                    .await
+                    .unwrap()
+            }
+            5 => {
+                let mut bad = t.client.clone();
+                bad.secret = format!("wrong{i}");
+                bad.call(action, &refs(&params, REGION)).await.unwrap()
+            }
+            6 => t
+                .client
+                .call(action, &refs(&params, "cn-elsewhere"))
+                .await
+                .unwrap(),
+            7 => {
+                // Raw, unsigned, with a duplicated parameter and/or a non-UTF-8 byte.
+                let raw = match rng.next() % 3 {
+                    0 => format!("/?Action={action}&Version=2014-05-15&Format=JSON&LoadBalancerId={id}&LoadBalancerId={id}"),
+                    1 => format!("/?Action={action}&Version=2014-05-15&Format=JSON&LoadBalancerName=%FF%FE"),
+                    _ => format!("/?Action={action}&Format=JSON&Bad=%G1"),
+                };
+                t.client
+                    .send("GET", &raw, vec![], Default::default())
+                    .await
+                    .unwrap()
+            }
+            8 => {
+                // A body that is not a form, and an invalid Format.
+                t.client
+                    .send(
+                        "POST",
+                        &format!("/?Action={action}&Format=YAML"),
+                        vec![(
+                            "content-type".into(),
+                            "application/x-www-form-urlencoded".into(),
+                        )],
+                        bytes_of(&[0xff, 0x00, 0x25]),
+                    )
+                    .await
+                    .unwrap()
+            }
+            _ => {
+                // A type mismatch on a string parameter: a JSON list where a scalar belongs.
+                set(&mut params, "LoadBalancerId", "[{\"a\":1}]");
+                t.client.call(action, &refs(&params, REGION)).await.unwrap()
+            }
+        };
+        let code = body["Code"].as_str().unwrap_or("<none>").to_string();
+        assert!(
+            (400..500).contains(&status),
+            "#{i} {action} kind {kind}: {status} {body}"
+        );
+        assert!(
+            DOCUMENTED.contains(&code.as_str()),
+            "#{i} {action} kind {kind}: undocumented {code}: {body}"
+        );
+        *counts.entry(code).or_default() += 1;
+    }
+    eprintln!("malformed-input run: {counts:?}");
+    assert_eq!(
+        snapshot(&mut t, &id).await,
+        before,
+        "bad requests changed the state"
+    );
+}
+
+fn refs<'a>(params: &'a [(String, String)], region: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    v.push(("RegionId", region));
+    v
+}
+
+fn bytes_of(b: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(b)
+}

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
+use tests::api::slb_binary;
 use xtask::lab::{in_netns, netns_path, spawn_tcp_service, spawn_udp_service, Lab};
 
 const LAB: u8 = 67;
@@ -36,23 +37,6 @@ fn sdk_python() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(py)
-}
-
-/// The `slb` binary next to this test's deps directory (built by the same `cargo test`).
-fn slb_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("slb"))
-        .context("target directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run the suite with `cargo xtask test`",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 struct Serve(Child);

@@ -44,6 +44,24 @@ impl Client {
         action: &str,
         params: &[(&str, &str)],
     ) -> Result<(u16, Value), ClientError> {
+        self.call_as("GET", action, params).await
+    }
+
+    /// As [`Client::call`], with the parameters in a POST form body (no URI length limit).
+    pub async fn call_form(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, Value), ClientError> {
+        self.call_as("POST", action, params).await
+    }
+
+    async fn call_as(
+        &self,
+        method: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, Value), ClientError> {
         let mut all: Vec<(String, String)> = vec![
             ("Action".into(), action.into()),
             ("Version".into(), super::VERSION.into()),
@@ -52,18 +70,22 @@ impl Client {
         all.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let nonce = uuid::Uuid::new_v4().to_string();
         let ts = sign::format_timestamp(SystemTime::now());
-        sign::sign_v1("GET", &mut all, &self.key_id, &self.secret, &nonce, &ts);
-        let query: Vec<String> = all
+        sign::sign_v1(method, &mut all, &self.key_id, &self.secret, &nonce, &ts);
+        let encoded = all
             .iter()
             .map(|(k, v)| format!("{}={}", sign::percent_encode(k), sign::percent_encode(v)))
-            .collect();
-        self.send(
-            "GET",
-            &format!("/?{}", query.join("&")),
-            Vec::new(),
-            Bytes::new(),
-        )
-        .await
+            .collect::<Vec<_>>()
+            .join("&");
+        if method == "GET" {
+            self.send("GET", &format!("/?{encoded}"), Vec::new(), Bytes::new())
+                .await
+        } else {
+            let form = vec![(
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            )];
+            self.send(method, "/", form, Bytes::from(encoded)).await
+        }
     }
 
     /// Sends one raw request (the malformed-input tests build their own).
