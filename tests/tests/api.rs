@@ -1348,6 +1348,15 @@ impl Rng {
     }
 }
 
+/// A valid request to break: (action, parameters, required names, numeric names, list names).
+type Base<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+);
+
 /// Everything a client can read back, without the per-response RequestId.
 async fn snapshot(t: &mut TestApi, lb: &str) -> Vec<Value> {
     let mut out = Vec::new();
@@ -1382,7 +1391,7 @@ async fn malformed_requests_get_documented_4xx_and_change_nothing() {
     let before = snapshot(&mut t, &id).await;
     let servers = r#"[{"ServerId":"10.66.1.9","Port":80}]"#;
     // (action, valid parameters, required names, numeric names, list names)
-    let bases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+    let bases: Vec<Base> = vec![
         (
             "CreateLoadBalancerTCPListener",
             vec![
