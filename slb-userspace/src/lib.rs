@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod api;
 pub mod bench;
+pub mod bench_api;
 pub mod config;
 pub mod dataplane;
 pub mod replay;

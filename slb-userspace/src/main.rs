@@ -92,6 +92,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The management API under load: req/s and latency per action and concurrency, time
+    /// to live in the maps, store size (`cargo xtask bench api` runs it).
+    #[command(hide = true)]
+    BenchApi {
+        #[arg(long)]
+        json: bool,
+    },
     /// Call the management API of a running agent, signed with a key from a key file, and
     /// print the JSON response: `slb call DescribeLoadBalancers --RegionId local`.
     Call {
@@ -153,6 +160,15 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", slb::bench::render(&report));
+            }
+            Ok(())
+        }
+        Cmd::BenchApi { json } => {
+            let report = slb::bench_api::run()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", slb::bench_api::render(&report));
             }
             Ok(())
         }

@@ -1,4 +1,5 @@
-//! `cargo xtask bench l4`: the L4 benchmarks, written to `bench/results/l4.json`.
+//! `cargo xtask bench l4`: the L4 benchmarks, written to `bench/results/l4.json`; `bench api`:
+//! the management API, written to `bench/results/api.json`.
 //!
 //! 1. `slb bench-xdp --json`: ns/packet of the XDP program through `BPF_PROG_TEST_RUN` (hit,
 //!    new flow per scheduler, IPv6, a 10,000-entry ACL) and Maglev build times.
@@ -74,6 +75,44 @@ pub fn l4(ws: &Workspace) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     print!("{}", markdown(&report));
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// `cargo xtask bench api`: `slb bench-api --json`, written to `bench/results/api.json`.
+pub fn api(ws: &Workspace) -> Result<()> {
+    setup::run()?;
+    let slb = ws.build_slb()?;
+    println!("==> slb bench-api (1,000 listeners, 10,000 backends stored)");
+    let out = cmd::output(Command::new(&slb).args(["bench-api", "--json"]))?;
+    let api: Value = serde_json::from_str(&out).context("parsing `slb bench-api --json`")?;
+    let report = json!({ "metadata": metadata()?, "api": api });
+    let path = ws.root.join("bench/results/api.json");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut s = String::from(
+        "\n| action | clients | req/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for c in api["cases"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} |\n",
+            c["action"].as_str().unwrap_or("?"),
+            c["concurrency"],
+            c["requests_per_s"].as_f64().unwrap_or(f64::NAN),
+            c["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            c["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    s.push_str(&format!(
+        "\nSetBackendServers acknowledged → live in the BPF maps: p50 {:.0} ms, max {:.0} ms (target ≤ 100 ms); store {} KiB\n",
+        api["set_to_live_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        api["set_to_live_max_ms"].as_f64().unwrap_or(f64::NAN),
+        api["store_bytes"].as_u64().unwrap_or(0) / 1024
+    ));
+    print!("{s}");
     println!("\nwritten to {}", path.display());
     Ok(())
 }

@@ -258,6 +258,16 @@ impl Api {
         Ok(r)
     }
 
+    /// The generation of the last committed change.
+    pub fn generation(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.generation)
+    }
+
+    /// The last generation the data plane reported applied.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
     /// The transition of a listener still in flight (tests and `slb` status output).
     pub fn transition(&self, lb: &str, port: u16) -> Option<Transition> {
         let applied = *self.applied.borrow();

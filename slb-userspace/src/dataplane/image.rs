@@ -2,7 +2,7 @@
 //! in terms of backend addresses, and ACLs by name. `sync` assigns slots and writes it;
 //! `slb simulate` and `slb check-config` read it directly, so they see the same tables.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -169,12 +169,18 @@ fn protocol_code(p: Protocol) -> (u8, u32) {
     }
 }
 
+/// Tables already built in this image, by scheduler and live members: listeners of one
+/// instance usually share a group, and a table takes O(members × length) to build.
+/// Key: (scheduler, per member: address, weight, master?, down?).
+type TableMemo = HashMap<(u32, Vec<(BackendAddr, u8, bool, bool)>), Vec<TableEntry>>;
+
 fn listener_image(
     cfg: &Config,
     lb: &LoadBalancer,
     l: &Listener,
     down: &BTreeSet<BackendAddr>,
     acls: &mut BTreeMap<String, Vec<IpNet>>,
+    memo: &mut TableMemo,
 ) -> ListenerImage {
     let l7 = protocol_code(l.protocol).1;
     let mut flags = l7;
@@ -218,7 +224,17 @@ fn listener_image(
     } else {
         cfg.listener_members(lb, l)
     };
-    let table = table(scheduler, &all, down);
+    let key = all
+        .iter()
+        .map(|m| {
+            let b = BackendAddr(SocketAddr::new(m.addr, m.port));
+            (b, m.weight, m.role == MemberRole::Master, down.contains(&b))
+        })
+        .collect();
+    let table = memo
+        .entry((scheduler, key))
+        .or_insert_with(|| table(scheduler, &all, down))
+        .clone();
     let members = all
         .iter()
         .filter(|m| m.weight > 0)
@@ -261,22 +277,32 @@ impl Image {
     /// The image of a validated configuration, with `down` backends out of the tables.
     pub fn build(cfg: &Config, down: &BTreeSet<BackendAddr>) -> Image {
         let mut image = Image::default();
+        let mut memo = TableMemo::new();
         for lb in &cfg.load_balancers {
             for l in &lb.listeners {
                 let proto = protocol_code(l.protocol).0;
                 let key = listener_key(lb.address, l.listener_port, proto);
-                let li = listener_image(cfg, lb, l, down, &mut image.acls);
+                let li = listener_image(cfg, lb, l, down, &mut image.acls, &mut memo);
                 image.listeners.insert(key, li);
             }
         }
         image
     }
 
-    /// Every backend some listener's table refers to.
+    /// Every backend some listener's table refers to. Tables hold only members, except that a
+    /// master/slave table also keeps a weight-0 member; walking the (long) rings and sequences
+    /// of every listener would cost millions of inserts at scale.
     pub fn backends(&self) -> BTreeSet<BackendAddr> {
         self.listeners
             .values()
-            .flat_map(|l| l.table.iter().chain(&l.members).map(|e| e.backend))
+            .flat_map(|l| {
+                let table: &[TableEntry] = if l.scheduler == SCHED_MASTER_SLAVE {
+                    &l.table
+                } else {
+                    &[]
+                };
+                table.iter().chain(&l.members).map(|e| e.backend)
+            })
             .collect()
     }
 }

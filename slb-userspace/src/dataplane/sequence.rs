@@ -6,12 +6,18 @@
 //! served in bursts (weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`). `rr` is the same
 //! sequence with equal weights, which degenerates to the members in the order given.
 
+/// Longest sequence before weights are scaled down: hundreds of members with co-prime weights
+/// would otherwise need sum(weights) entries each (up to 100 per member) in the shared slab and
+/// O(length × members) time to build.
+pub const MAX_SEQUENCE: u64 = 4096;
+
 /// Smooth weighted round robin (nginx's algorithm) over members with weight > 0, reduced by the
 /// gcd of the weights: returns the sequence of `slot`s of length sum(weights)/gcd; order of
-/// members as given (callers pass config order).
+/// members as given (callers pass config order). Above [`MAX_SEQUENCE`] the weights are scaled
+/// to fit (each live member keeps at least one entry), so shares are exact to within one entry
+/// in `MAX_SEQUENCE`.
 ///
 /// Members with weight 0 never appear (B4.8); if none has a weight above 0 the sequence is empty.
-/// The cost is O(length × members), fine for the API's weights of at most 100.
 pub fn smooth_wrr(members: &[(u32, u32)]) -> Vec<u32> {
     let live: Vec<(u32, u32)> = members.iter().copied().filter(|&(_, w)| w > 0).collect();
     let divisor = live.iter().fold(0, |g, &(_, w)| gcd(g, w));
@@ -20,7 +26,14 @@ pub fn smooth_wrr(members: &[(u32, u32)]) -> Vec<u32> {
     }
     // Dividing by the gcd shortens the period without changing the order: scaling every weight by
     // g scales every running counter by g, so nginx would make the same choices.
-    let weights: Vec<i64> = live.iter().map(|&(_, w)| i64::from(w / divisor)).collect();
+    let mut weights: Vec<i64> = live.iter().map(|&(_, w)| i64::from(w / divisor)).collect();
+    let sum: i64 = weights.iter().sum();
+    if sum as u64 > MAX_SEQUENCE {
+        let target = MAX_SEQUENCE as i64;
+        for w in &mut weights {
+            *w = (*w * target / sum).max(1);
+        }
+    }
     let total: i64 = weights.iter().sum();
 
     let mut current = vec![0i64; live.len()];
@@ -74,6 +87,24 @@ mod tests {
             smooth_wrr(&[(a, 5), (b, 1), (c, 1)]),
             vec![a, a, b, a, c, a, a]
         );
+    }
+
+    // B5.2 at scale: 500 members with co-prime weights fit in MAX_SEQUENCE entries and keep
+    // their shares to within one entry.
+    #[test]
+    fn long_sequences_are_scaled_with_shares_kept() {
+        let weights: Vec<u32> = (0..500).map(|i| 1 + i % 100).collect();
+        let seq = smooth_wrr(&with_slots(&weights));
+        assert!(seq.len() as u64 <= MAX_SEQUENCE + 500);
+        let total: u32 = weights.iter().sum();
+        for (slot, w) in weights.iter().enumerate() {
+            let want = f64::from(*w) / f64::from(total) * seq.len() as f64;
+            let got = count(&seq, slot as u32) as f64;
+            assert!(
+                (got - want).abs() <= 1.0 + want * 0.02,
+                "slot {slot}: {got} vs {want}"
+            );
+        }
     }
 
     // B5.4: equal weights are plain round robin in the order given (not sorted).

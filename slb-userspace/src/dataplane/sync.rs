@@ -1,14 +1,14 @@
 //! Writes an `Image` into the maps, touching only what changed: a listener's table is rewritten
 //! only when its members, weights or health changed, and then into a fresh slab region that the
 //! listener is switched to atomically, so the kernel never sees a half-written table.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aya::maps::{lpm_trie::Key, MapData, MapError, PerCpuArray, PerCpuValues};
 use ipnet::IpNet;
 use slb_common::*;
 
 use super::{
-    image::{addr_words, words_addr, BackendAddr, Image},
+    image::{addr_words, words_addr, BackendAddr, Image, ListenerImage},
     maps::Maps,
     DataplaneError,
 };
@@ -38,10 +38,20 @@ struct Programmed {
     table: Vec<SlabEntry>,
 }
 
-/// First-fit allocator over `SLAB`.
+/// A slab region and the listeners using it.
+#[derive(Debug)]
+struct Region {
+    len: u32,
+    refs: u32,
+    content: Vec<SlabEntry>,
+}
+
+/// First-fit allocator over `SLAB`. Listeners with identical tables (an instance's listeners
+/// usually share its group) share one region, counted by reference.
 #[derive(Debug, Default)]
 struct SlabAlloc {
-    used: BTreeMap<u32, u32>,
+    used: BTreeMap<u32, Region>,
+    by_content: HashMap<Vec<SlabEntry>, u32>,
 }
 
 impl SlabAlloc {
@@ -50,26 +60,71 @@ impl SlabAlloc {
             return Ok(0);
         }
         let mut start = 0u32;
-        for (&off, &l) in &self.used {
+        for (&off, r) in &self.used {
             if off - start >= len {
                 break;
             }
-            start = off + l;
+            start = off + r.len;
         }
         if SLAB_ENTRIES - start < len {
             return Err(DataplaneError::Full {
                 what: "table slab",
                 needed: len.into(),
-                capacity: (SLAB_ENTRIES - self.used.values().sum::<u32>()).into(),
+                capacity: (SLAB_ENTRIES - self.used.values().map(|r| r.len).sum::<u32>()).into(),
             });
         }
-        self.used.insert(start, len);
         Ok(start)
     }
 
-    fn free(&mut self, off: u32, len: u32) {
-        if len > 0 {
-            self.used.remove(&off);
+    /// The region holding `table`: an existing identical one, or a new one (`true`: it must be
+    /// written).
+    fn share(&mut self, table: &[SlabEntry]) -> Result<(u32, bool), DataplaneError> {
+        if table.is_empty() {
+            return Ok((0, false));
+        }
+        if let Some(&off) = self.by_content.get(table) {
+            if let Some(r) = self.used.get_mut(&off) {
+                r.refs += 1;
+                return Ok((off, false));
+            }
+        }
+        let off = self.alloc(table.len() as u32)?;
+        self.adopt(off, table.to_vec());
+        Ok((off, true))
+    }
+
+    /// Records a region found in the maps (a restarted agent) or just allocated.
+    fn adopt(&mut self, off: u32, content: Vec<SlabEntry>) {
+        if content.is_empty() {
+            return;
+        }
+        match self.used.get_mut(&off) {
+            Some(r) => r.refs += 1,
+            None => {
+                self.by_content.insert(content.clone(), off);
+                self.used.insert(
+                    off,
+                    Region {
+                        len: content.len() as u32,
+                        refs: 1,
+                        content,
+                    },
+                );
+            }
+        }
+    }
+
+    fn release(&mut self, off: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        if let Some(r) = self.used.get_mut(&off) {
+            r.refs -= 1;
+            if r.refs == 0 {
+                if let Some(r) = self.used.remove(&off) {
+                    self.by_content.remove(&r.content);
+                }
+            }
         }
     }
 }
@@ -94,6 +149,9 @@ pub struct Sync {
     acls: BTreeMap<u32, BTreeSet<IpNet>>,
     vips: BTreeSet<VipKey>,
     slab: SlabAlloc,
+    /// What each programmed listener was built from: an identical image next time means
+    /// nothing of it can have changed (its backends keep their slots while it uses them).
+    images: BTreeMap<ListenerKey, ListenerImage>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -162,6 +220,7 @@ impl Sync {
             acls: BTreeMap::new(),
             vips: BTreeSet::new(),
             slab: SlabAlloc::default(),
+            images: BTreeMap::new(),
         };
         let listeners: Vec<(ListenerKey, ListenerMeta)> = s
             .maps
@@ -180,7 +239,7 @@ impl Sync {
                         .map_err(map_err(MAP_SLAB))?,
                 );
             }
-            s.slab.used.insert(meta.table_off, region);
+            s.slab.adopt(meta.table_off, table.clone());
             s.listener_ids.insert(key, meta.id);
             s.programmed.insert(key, Programmed { meta, table });
         }
@@ -395,6 +454,9 @@ impl Sync {
             self.sync_acl(*id, nets, &mut report)?;
         }
         for (key, li) in &image.listeners {
+            if self.images.get(key) == Some(li) && self.programmed.contains_key(key) {
+                continue;
+            }
             let table: Vec<SlabEntry> = li
                 .table
                 .iter()
@@ -409,11 +471,14 @@ impl Sync {
                 Some(p) => p.meta.id,
                 None => self.alloc_listener_id()?,
             };
-            let (table_off, rewrite) = match &old {
-                Some(p) if p.table == table => (p.meta.table_off, false),
-                _ => (self.slab.alloc(table.len() as u32)?, true),
+            let (table_off, rewrite, fresh) = match &old {
+                Some(p) if p.table == table => (p.meta.table_off, false, false),
+                _ => {
+                    let (off, fresh) = self.slab.share(&table)?;
+                    (off, true, fresh)
+                }
             };
-            if rewrite {
+            if fresh {
                 for (i, e) in table.iter().enumerate() {
                     self.maps
                         .slab
@@ -456,7 +521,7 @@ impl Sync {
             if let Some(p) = &old {
                 if rewrite {
                     self.slab
-                        .free(p.meta.table_off, p.meta.table_len + p.meta.members_len);
+                        .release(p.meta.table_off, p.meta.table_len + p.meta.members_len);
                     if meta.persistence_timeout > 0 {
                         let usable = table
                             .iter()
@@ -469,6 +534,7 @@ impl Sync {
             }
             self.listener_ids.insert(*key, id);
             self.programmed.insert(*key, Programmed { meta, table });
+            self.images.insert(*key, li.clone());
         }
         let gone: Vec<ListenerKey> = self
             .programmed
@@ -488,10 +554,11 @@ impl Sync {
             }
             if let Some(p) = self.programmed.remove(&key) {
                 self.slab
-                    .free(p.meta.table_off, p.meta.table_len + p.meta.members_len);
+                    .release(p.meta.table_off, p.meta.table_len + p.meta.members_len);
                 self.prune_persistence(p.meta.id, &BTreeSet::new())?;
             }
             self.listener_ids.remove(&key);
+            self.images.remove(&key);
             report.listeners_removed += 1;
         }
         let vips: BTreeSet<VipKey> = image.listeners.keys().map(vip_key).collect();
