@@ -68,12 +68,7 @@ pub fn l4(ws: &Workspace) -> Result<()> {
         "xdp_test_run": xdp,
         "namespace_lab": lab,
     });
-    let path = ws.root.join(RESULTS);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    let path = write_results(ws, RESULTS, &report)?;
     print!("{}", markdown(&report));
     println!("\nwritten to {}", path.display());
     Ok(())
@@ -87,12 +82,7 @@ pub fn api(ws: &Workspace) -> Result<()> {
     let out = cmd::output(Command::new(&slb).args(["bench-api", "--json"]))?;
     let api: Value = serde_json::from_str(&out).context("parsing `slb bench-api --json`")?;
     let report = json!({ "metadata": metadata()?, "api": api });
-    let path = ws.root.join("bench/results/api.json");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    let path = write_results(ws, "bench/results/api.json", &report)?;
     let mut s = String::from(
         "\n| action | clients | req/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |\n",
     );
@@ -115,6 +105,17 @@ pub fn api(ws: &Workspace) -> Result<()> {
     print!("{s}");
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// Writes `report` to `rel` under the workspace root; returns the path.
+fn write_results(ws: &Workspace, rel: &str, report: &Value) -> Result<std::path::PathBuf> {
+    let path = ws.root.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 fn metadata() -> Result<Value> {

@@ -79,14 +79,16 @@ fn opt_int(p: &mut ParamMap, name: &str) -> Result<Option<i64>, ApiError> {
     p.integer(name).map_err(issue)
 }
 
+/// B3.8: 1..=65535.
+fn port(v: i64) -> Result<u16, ApiError> {
+    u16::try_from(v)
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| ApiError::invalid("The specified port is not valid."))
+}
+
 fn req_port(p: &mut ParamMap, name: &str) -> Result<u16, ApiError> {
-    match opt_int(p, name)? {
-        None => Err(ApiError::missing(name)),
-        Some(v) => u16::try_from(v)
-            .ok()
-            .filter(|v| *v >= 1)
-            .ok_or_else(|| ApiError::invalid("The specified port is not valid.")),
-    }
+    port(opt_int(p, name)?.ok_or_else(|| ApiError::missing(name))?)
 }
 
 fn choice<'v>(
@@ -136,26 +138,18 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", &hex[..20])
 }
 
-fn format_time(ms: i64, sep: char) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if sep == 'T' {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}")
-    }
+/// `CreateTime` as Alibaba returns it: `YYYY-MM-DDThh:mmZ`.
+fn create_time(ms: i64) -> String {
+    let ((y, m, d), h, mi, _) = super::utc::split(ms.div_euclid(1000));
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}Z")
+}
+
+fn too_many_servers() -> ApiError {
+    ApiError::new(
+        "TooManyBackendServers",
+        400,
+        "The total number of input real servers exceeds max supported number: 20",
+    )
 }
 
 /// Every member list parameter is bounded per request (§7, §9).
@@ -165,11 +159,7 @@ fn server_list(p: &mut ParamMap, name: &str) -> Result<Vec<ParamMap>, ApiError> 
         .map_err(issue)?
         .ok_or_else(|| ApiError::missing(name))?;
     if list.len() > MAX_SERVERS_PER_REQUEST {
-        return Err(ApiError::new(
-            "TooManyBackendServers",
-            400,
-            "The total number of input real servers exceeds max supported number: 20",
-        ));
+        return Err(too_many_servers());
     }
     Ok(list)
 }
@@ -189,11 +179,7 @@ fn server_ids(p: &mut ParamMap, name: &str) -> Result<Vec<String>, ApiError> {
         return Err(bad());
     };
     if items.len() > MAX_SERVERS_PER_REQUEST {
-        return Err(ApiError::new(
-            "TooManyBackendServers",
-            400,
-            "The total number of input real servers exceeds max supported number: 20",
-        ));
+        return Err(too_many_servers());
     }
     items
         .iter()
@@ -503,7 +489,7 @@ fn lb_summary(ctx: &Ctx, lb: &LoadBalancer) -> Map<String, Value> {
         "MasterZoneId": m.master_zone_id,
         "SlaveZoneId": m.slave_zone_id,
         "ResourceGroupId": m.resource_group_id,
-        "CreateTime": format_time(m.create_time_ms, 'T'),
+        "CreateTime": create_time(m.create_time_ms),
         "CreateTimeStamp": m.create_time_ms,
     }))
 }
@@ -1080,17 +1066,7 @@ pub fn set_backend_servers(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Response, 
 
 pub fn describe_health_status(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Response, ApiError> {
     let id = req_str(p, "LoadBalancerId")?;
-    let port = match opt_int(p, "ListenerPort")? {
-        None => None,
-        Some(_) => {
-            let mut q = ParamMap::new();
-            q.set(
-                "ListenerPort",
-                p.get("ListenerPort").cloned().unwrap_or(PValue::Int(0)),
-            );
-            Some(req_port(&mut q, "ListenerPort")?)
-        }
-    };
+    let port = opt_int(p, "ListenerPort")?.map(port).transpose()?;
     let lb = lb(ctx.model, &id)?;
     let listeners: Vec<&Listener> = lb
         .listeners

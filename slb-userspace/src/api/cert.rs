@@ -586,7 +586,7 @@ fn cert_info(cert: &X509Ref, key_type: KeyType, param: CertParam) -> Result<Cert
         fingerprint,
         common_name,
         subject_alternative_names,
-        expire_time: format_utc(expire_secs),
+        expire_time: super::utc::iso8601(expire_secs),
         expire_timestamp_ms: expire_secs.saturating_mul(1000),
         key_type,
     })
@@ -595,33 +595,6 @@ fn cert_info(cert: &X509Ref, key_type: KeyType, param: CertParam) -> Result<Cert
 fn unix_seconds(time: &Asn1TimeRef) -> Result<i64, ErrorStack> {
     let diff = Asn1Time::from_unix(0)?.diff(time)?;
     Ok(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
-}
-
-fn format_utc(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs_of_day = unix_secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`);
-/// std has no calendar and the module may not pull in a date crate.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -827,7 +800,7 @@ mod tests {
         assert_eq!(sc.info.key_type, KeyType::Rsa { bits: 2048 });
         let expire_secs = unix_seconds(cert.not_after()).unwrap();
         assert_eq!(sc.info.expire_timestamp_ms, expire_secs * 1000);
-        assert_eq!(sc.info.expire_time, format_utc(expire_secs));
+        assert_eq!(sc.info.expire_time, super::super::utc::iso8601(expire_secs));
         assert_eq!(sc.chain_pem, pem(&cert));
         assert!(sc.key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         let stored = PKey::private_key_from_pem(sc.key_pem.as_bytes()).unwrap();
@@ -853,20 +826,6 @@ mod tests {
             assert_eq!(sc.info.expire_time, text);
             assert_eq!(sc.info.expire_timestamp_ms, not_after * 1000);
             assert_eq!(validate_ca_certificate(&pem(&cert)).unwrap(), sc.info);
-        }
-    }
-
-    #[test]
-    fn format_utc_handles_calendar_edges() {
-        for (secs, text) in [
-            (0, "1970-01-01T00:00:00Z"),
-            (-86_400, "1969-12-31T00:00:00Z"),
-            (951_782_399, "2000-02-28T23:59:59Z"),
-            (951_782_400, "2000-02-29T00:00:00Z"),
-            (1_674_777_599, "2023-01-26T23:59:59Z"),
-            (4_102_444_800, "2100-01-01T00:00:00Z"),
-        ] {
-            assert_eq!(format_utc(secs), text);
         }
     }
 

@@ -95,7 +95,7 @@ fn parse_pairs(raw: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
         .collect()
 }
 
-struct Incoming_ {
+struct RawRequest {
     method: String,
     path: String,
     query: Vec<(String, String)>,
@@ -115,7 +115,7 @@ struct Call {
     params: ParamMap,
 }
 
-fn prepare(api: &Api, verifier: &Verifier, req: &Incoming_) -> Result<Call, (ApiError, Format)> {
+fn prepare(api: &Api, verifier: &Verifier, req: &RawRequest) -> Result<Call, (ApiError, Format)> {
     let all: Vec<&(String, String)> = req.query.iter().chain(req.form.iter()).collect();
     let get = |name: &str| all.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let is_v3 = header(&req.headers, "authorization").is_some_and(|a| a.starts_with("ACS3-"));
@@ -319,7 +319,7 @@ async fn handle(
                 .map_err(|_| bad_format("header values must be ASCII"))?;
             headers.push((k.as_str().to_string(), v.to_string()));
         }
-        Ok::<_, ApiError>(Incoming_ {
+        Ok::<_, ApiError>(RawRequest {
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
             query,

@@ -9,6 +9,7 @@
 //! - `cert`: certificate and key validation
 //! - `state`: the model, its records, listener transitions
 //! - `store`: the redb file
+//! - `utc`: calendar arithmetic for timestamps
 //! - `error`: error codes and statuses as the client sees them
 
 pub mod actions;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod sign;
 pub mod state;
 pub mod store;
+mod utc;
 
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +30,7 @@ use crate::config::{self, ParamMap, Params, Protocol};
 pub use actions::Settings;
 use actions::{Ctx, Response};
 pub use error::ApiError;
-use state::{State, Transition};
+use state::State;
 
 /// The API version this server speaks.
 pub const VERSION: &str = "2014-05-15";
@@ -200,34 +202,19 @@ impl Api {
             .lock()
             .map_err(|_| ApiError::internal("state lock poisoned"))?;
         let applied = *self.applied.borrow();
-        state.settle(applied);
-        let pending_map = state.pending.clone();
-        let pending = move |lb: &str, port: u16| {
-            pending_map
-                .get(&(lb.to_string(), port))
-                .filter(|(_, gen)| *gen > applied)
-                .map(|(t, _)| *t)
-        };
+        let st = &mut *state;
+        st.settle(applied);
+        let pending =
+            |lb: &str, port: u16| st.pending.get(&(lb.to_string(), port)).map(|(t, _)| *t);
         let health = |_: &str, _: u16, _: std::net::IpAddr, _: u16| None;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        if !mutates {
-            let mut ctx = Ctx {
-                model: &mut state.model,
-                settings: &self.settings,
-                now_ms,
-                pending: &pending,
-                transitions: Vec::new(),
-                health: &health,
-            };
-            let r = h(&mut ctx, &mut params)?;
-            unread(&params)?;
-            return Ok(r);
-        }
-        let mut draft = state.model.clone();
+        // Reads run on the state itself; changes on a draft that becomes the state only once
+        // committed.
+        let mut draft = mutates.then(|| st.model.clone());
         let mut ctx = Ctx {
-            model: &mut draft,
+            model: draft.as_mut().unwrap_or(&mut st.model),
             settings: &self.settings,
             now_ms,
             pending: &pending,
@@ -235,8 +222,11 @@ impl Api {
             health: &health,
         };
         let r = h(&mut ctx, &mut params)?;
-        let transitions = std::mem::take(&mut ctx.transitions);
+        let transitions = ctx.transitions;
         unread(&params)?;
+        let Some(draft) = draft else {
+            return Ok(r);
+        };
         let changed = state.commit(draft).map_err(|e| {
             log::error!("{action}: {e}");
             ApiError::new(
@@ -266,12 +256,6 @@ impl Api {
     /// The last generation the data plane reported applied.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
-    }
-
-    /// The transition of a listener still in flight (tests and `slb` status output).
-    pub fn transition(&self, lb: &str, port: u16) -> Option<Transition> {
-        let applied = *self.applied.borrow();
-        self.state.lock().ok()?.transition(lb, port, applied)
     }
 }
 

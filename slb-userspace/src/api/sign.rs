@@ -702,15 +702,7 @@ pub fn sign_v3(
 
 /// YYYY-MM-DDThh:mm:ssZ in UTC.
 pub fn format_timestamp(t: SystemTime) -> String {
-    let secs = unix_seconds(t);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let of_day = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    super::utc::iso8601(unix_seconds(t))
 }
 
 /// Seconds since the epoch, negative before it, saturating far outside any real clock.
@@ -750,7 +742,9 @@ fn parse_timestamp(s: &str) -> Option<i64> {
     {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+    Some(
+        super::utc::days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second,
+    )
 }
 
 fn check_timestamp(value: &str, now: i64) -> Result<(), SignError> {
@@ -775,30 +769,6 @@ fn days_in_month(year: i64, month: i64) -> i64 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
-}
-
-// Proleptic Gregorian calendar <-> days since 1970-01-01 (H. Hinnant's algorithms).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Hash of (AccessKeyId, nonce): fixed-size entries keep the cache's memory independent of how

@@ -289,15 +289,6 @@ impl State {
         Ok(true)
     }
 
-    /// The transition of a listener still waiting for the data plane, given the last
-    /// generation the data plane applied.
-    pub fn transition(&self, lb: &str, port: u16, applied: u64) -> Option<Transition> {
-        self.pending
-            .get(&(lb.to_string(), port))
-            .filter(|(_, gen)| *gen > applied)
-            .map(|(t, _)| *t)
-    }
-
     /// Forgets transitions the data plane has completed.
     pub fn settle(&mut self, applied: u64) {
         self.pending.retain(|_, (_, gen)| *gen > applied);

@@ -38,12 +38,11 @@ struct Programmed {
     table: Vec<SlabEntry>,
 }
 
-/// A slab region and the listeners using it.
+/// A slab region and how many listeners use it.
 #[derive(Debug)]
 struct Region {
     len: u32,
     refs: u32,
-    content: Vec<SlabEntry>,
 }
 
 /// First-fit allocator over `SLAB`. Listeners with identical tables (an instance's listeners
@@ -101,15 +100,14 @@ impl SlabAlloc {
         match self.used.get_mut(&off) {
             Some(r) => r.refs += 1,
             None => {
-                self.by_content.insert(content.clone(), off);
                 self.used.insert(
                     off,
                     Region {
                         len: content.len() as u32,
                         refs: 1,
-                        content,
                     },
                 );
+                self.by_content.insert(content, off);
             }
         }
     }
@@ -121,9 +119,8 @@ impl SlabAlloc {
         if let Some(r) = self.used.get_mut(&off) {
             r.refs -= 1;
             if r.refs == 0 {
-                if let Some(r) = self.used.remove(&off) {
-                    self.by_content.remove(&r.content);
-                }
+                self.used.remove(&off);
+                self.by_content.retain(|_, o| *o != off);
             }
         }
     }
