@@ -207,3 +207,56 @@ fn maglev_tables_identical_across_processes() -> anyhow::Result<()> {
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     Ok(())
 }
+
+/// Listeners with the same table share one slab region; removing one leaves the other's table
+/// in place and forwarding (B4.1: an instance's listeners share its default group).
+#[test]
+fn identical_tables_share_one_slab_region() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipped: BPF maps need root");
+        return Ok(());
+    }
+    on_thread(|| {
+        let text = |ports: &[u16]| {
+            let mut t = String::from(
+                "[Agent]\nFlowTableSize = 4096\n[[LoadBalancers]]\nLoadBalancerId = \"lb-1\"\nAddress = \"10.0.0.10\"\n\
+                 BackendServers = [ { ServerId = \"10.1.0.1\", Weight = 30 }, { ServerId = \"10.1.0.2\", Weight = 70 } ]\n",
+            );
+            for p in ports {
+                t.push_str(&format!(
+                    "[[LoadBalancers.Listeners]]\nListenerProtocol = \"tcp\"\nListenerPort = {p}\nBackendServerPort = 8080\n"
+                ));
+            }
+            config::parse(&t, "share.toml")
+        };
+        let none = BTreeSet::new();
+        let both = Image::build(&text(&[80, 81])?, &none);
+        let mut h = Harness::new(&both, 4096)?;
+        let offs: Vec<(u32, u32)> = h
+            .sync
+            .listener_metas()
+            .map(|m| (m.table_off, m.table_len))
+            .collect();
+        assert_eq!(offs.len(), 2);
+        assert_eq!(offs[0], offs[1], "identical tables in one region");
+        let r = h.sync.apply(&Image::build(&text(&[81])?, &none))?;
+        assert_eq!((r.listeners_removed, r.tables_written), (1, 0), "{r:?}");
+        let left: Vec<(u32, u32)> = h
+            .sync
+            .listener_metas()
+            .map(|m| (m.table_off, m.table_len))
+            .collect();
+        assert_eq!(
+            left,
+            vec![offs[0]],
+            "the remaining listener keeps the shared region"
+        );
+        let syn = build("ipv4(src=192.0.2.1,dst=10.0.0.10)/tcp(sport=1000,dport=81,flags=S)")?;
+        let o = h.run(&syn, Ingress::Lb)?;
+        assert_eq!(action_name(o.action), "tx");
+        // A new listener with the same table reuses the region instead of writing another.
+        let r = h.sync.apply(&Image::build(&text(&[81, 82])?, &none))?;
+        assert_eq!((r.listeners_added, r.tables_written), (1, 0), "{r:?}");
+        Ok(())
+    })
+}
