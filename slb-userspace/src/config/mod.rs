@@ -284,16 +284,6 @@ fn read_api(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Option<ApiSectio
     let state_path = r
         .string("StatePath")
         .map_or_else(|| PathBuf::from("/var/lib/slb/state.redb"), PathBuf::from);
-    let tls_cert = r.string("TlsCertificate").map(PathBuf::from);
-    let tls_key = r.string("TlsPrivateKey").map(PathBuf::from);
-    if tls_cert.is_some() != tls_key.is_some() {
-        r.issue(
-            "TlsCertificate",
-            ApiCode::InvalidParameter,
-            "config",
-            "TlsCertificate and TlsPrivateKey go together",
-        );
-    }
     let mut vip_pool = Vec::new();
     for (i, text) in pool_text.iter().enumerate() {
         match text.parse::<IpNet>() {
@@ -315,8 +305,6 @@ fn read_api(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Option<ApiSectio
         state_path,
         vip_pool,
         zone_ids,
-        tls_cert,
-        tls_key,
     })
     .filter(|_| ok)
 }

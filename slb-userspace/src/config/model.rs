@@ -39,9 +39,6 @@ pub struct ApiSection {
     /// Where `CreateLoadBalancer` allocates VIPs.
     pub vip_pool: Vec<IpNet>,
     pub zone_ids: Vec<String>,
-    /// PEM certificate chain and key: serve the API over TLS.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Agent {

@@ -1272,3 +1272,36 @@ fn param_map_reads_json_lists_with_string_numbers() {
         assert!(p.objects("BackendServers").is_err(), "{bad}");
     }
 }
+
+/// `[Api]`: loopback by default, the documented file locations, and bad values named with
+/// their line; options the API does not have are refused rather than ignored.
+#[test]
+fn api_section_defaults_and_errors() {
+    let c = ok("[Api]\n");
+    let api = c.agent.api.expect("[Api] present");
+    assert_eq!(api.listen, "127.0.0.1:8600".parse().unwrap());
+    assert_eq!(
+        api.keys_file,
+        std::path::PathBuf::from("/etc/slb/access-keys.toml")
+    );
+    assert_eq!(
+        api.state_path,
+        std::path::PathBuf::from("/var/lib/slb/state.redb")
+    );
+    assert!(api.vip_pool.is_empty());
+    assert_eq!(ok("").agent.api, None);
+    let text = "[Api]\nListen = \"127.0.0.1:9000\"\nVipPool = [\"10.0.0.0/24\", \"nope\"]\n";
+    let e = single(text, "Api.VipPool[1]", ApiCode::InvalidParameter);
+    assert_eq!(e.line, line_of(text, "VipPool"));
+    let e = single(
+        "[Api]\nListen = \"localhost\"\n",
+        "Api.Listen",
+        ApiCode::InvalidParameter,
+    );
+    assert_eq!(e.line, 2);
+    single(
+        "[Api]\nTlsCertificate = \"/etc/slb/api.pem\"\n",
+        "Api.TlsCertificate",
+        ApiCode::UnsupportedParameter,
+    );
+}
