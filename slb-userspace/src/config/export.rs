@@ -195,7 +195,38 @@ fn http_settings(m: &mut ParamMap, protocol: Protocol, h: &HttpSettings) {
         }
         m.set_str("EnableHttp2", on_off(tls.enable_http2));
         m.set_str("TLSCipherPolicy", tls_policy_name(tls.tls_cipher_policy));
+        if !tls.domain_extensions.is_empty() {
+            m.set(
+                "DomainExtensions",
+                PValue::List(tls.domain_extensions.iter().map(domain_extension).collect()),
+            );
+        }
     }
+    if !h.rules.is_empty() {
+        m.set("Rules", PValue::List(h.rules.iter().map(rule).collect()));
+    }
+}
+
+pub fn rule(r: &Rule) -> ParamMap {
+    let mut m = ParamMap::new();
+    m.set_str("RuleId", &r.rule_id);
+    m.set_str("RuleName", &r.name);
+    if let Some(d) = &r.domain {
+        m.set_str("Domain", d);
+    }
+    if let Some(u) = &r.url {
+        m.set_str("Url", u);
+    }
+    m.set_str("VServerGroupId", &r.vserver_group_id);
+    m
+}
+
+pub fn domain_extension(e: &DomainExtension) -> ParamMap {
+    let mut m = ParamMap::new();
+    m.set_str("DomainExtensionId", &e.domain_extension_id);
+    m.set_str("Domain", &e.domain);
+    m.set_str("ServerCertificateId", &e.server_certificate_id);
+    m
 }
 
 pub fn listener(l: &Listener) -> ParamMap {

@@ -194,6 +194,29 @@ fn check_across_load_balancers<P: Params>(r: &mut Read<'_, P>, lbs: &[(usize, Lo
         v.chain(m)
     });
     unique(r, groups, "server group id", "§9");
+    let mut rules = Vec::new();
+    let mut extensions = Vec::new();
+    for (i, lb) in lbs {
+        for (j, l) in lb.listeners.iter().enumerate() {
+            let Some(h) = &l.http else { continue };
+            let at = format!("LoadBalancers[{i}].Listeners[{j}]");
+            for (k, x) in h.rules.iter().enumerate() {
+                rules.push((format!("{at}.Rules[{k}].RuleId"), x.rule_id.as_str()));
+            }
+            for (k, e) in h
+                .tls
+                .iter()
+                .flat_map(|t| t.domain_extensions.iter().enumerate())
+            {
+                extensions.push((
+                    format!("{at}.DomainExtensions[{k}].DomainExtensionId"),
+                    e.domain_extension_id.as_str(),
+                ));
+            }
+        }
+    }
+    unique(r, rules, "RuleId", "§11");
+    unique(r, extensions, "DomainExtensionId", "§12");
     // The data plane keys listeners on VIP:port, so two instances sharing a VIP must not share a port.
     let mut seen: HashMap<(IpAddr, u16), String> = HashMap::new();
     for (i, lb) in lbs {

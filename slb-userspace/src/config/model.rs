@@ -318,6 +318,26 @@ pub struct HttpSettings {
     pub forward_port: Option<u16>,
     /// HTTPS only.
     pub tls: Option<TlsSettings>,
+    /// Forwarding rules (§11), in creation order.
+    pub rules: Vec<Rule>,
+}
+
+/// A forwarding rule: requests whose host and path match go to its group (B11.3, B11.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub rule_id: String,
+    pub name: String,
+    pub domain: Option<String>,
+    pub url: Option<String>,
+    pub vserver_group_id: String,
+}
+
+/// An extra (domain, certificate) pair of an HTTPS listener, chosen by SNI (B10.14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainExtension {
+    pub domain_extension_id: String,
+    pub domain: String,
+    pub server_certificate_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +360,7 @@ pub struct TlsSettings {
     pub ca_certificate_id: Option<String>,
     pub enable_http2: bool,
     pub tls_cipher_policy: TlsCipherPolicy,
+    pub domain_extensions: Vec<DomainExtension>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

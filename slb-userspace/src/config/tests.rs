@@ -1305,3 +1305,131 @@ fn api_section_defaults_and_errors() {
         ApiCode::UnsupportedParameter,
     );
 }
+
+fn rules(list: &str) -> String {
+    http(&format!("Rules = [ {list} ]"))
+}
+
+/// B11.2: a rule names a Domain and/or a Url and a group of its instance; names and
+/// (Domain, Url) pairs are unique per listener; rule ids unique in the file.
+#[test]
+fn forwarding_rules_b11_2() {
+    let c = ok(&rules(
+        r#"{ RuleId = "rule-a", RuleName = "a", Domain = "*.example.com", VServerGroupId = "rsp-1" },
+           { RuleId = "rule-b", RuleName = "b", Url = "/img", VServerGroupId = "rsp-1" }"#,
+    ));
+    let http = first_listener(&c).http.as_ref().unwrap();
+    assert_eq!(http.rules.len(), 2);
+    assert_eq!(http.rules[0].domain.as_deref(), Some("*.example.com"));
+    assert_eq!(http.rules[1].url.as_deref(), Some("/img"));
+
+    let neither = r#"{ RuleId = "rule-a", RuleName = "a", VServerGroupId = "rsp-1" }"#;
+    single(
+        &rules(neither),
+        "Rules[0].Domain",
+        ApiCode::MissingParameter,
+    );
+    let bad_domain =
+        r#"{ RuleId = "rule-a", RuleName = "a", Domain = "-x.com", VServerGroupId = "rsp-1" }"#;
+    single(
+        &rules(bad_domain),
+        "Rules[0].Domain",
+        ApiCode::InvalidParameter,
+    );
+    let bad_url =
+        r#"{ RuleId = "rule-a", RuleName = "a", Url = "/a b", VServerGroupId = "rsp-1" }"#;
+    single(&rules(bad_url), "Rules[0].Url", ApiCode::InvalidParameter);
+    let long_url = format!(
+        r#"{{ RuleId = "rule-a", RuleName = "a", Url = "/{}", VServerGroupId = "rsp-1" }}"#,
+        "a".repeat(80)
+    );
+    single(&rules(&long_url), "Rules[0].Url", ApiCode::InvalidParameter);
+    let max_url = format!(
+        r#"{{ RuleId = "rule-a", RuleName = "a", Url = "/{}", VServerGroupId = "rsp-1" }}"#,
+        "a".repeat(79)
+    );
+    ok(&rules(&max_url));
+    let no_group = r#"{ RuleId = "rule-a", RuleName = "a", Url = "/a", VServerGroupId = "rsp-x" }"#;
+    single(
+        &rules(no_group),
+        "Rules[0].VServerGroupId",
+        ApiCode::RsPoolNotFound,
+    );
+    let ms_group =
+        r#"{ RuleId = "rule-a", RuleName = "a", Url = "/a", VServerGroupId = "rsp-ms" }"#;
+    single(
+        &rules(ms_group),
+        "Rules[0].VServerGroupId",
+        ApiCode::RsPoolNotFound,
+    );
+    let same_name = r#"{ RuleId = "rule-a", RuleName = "a", Url = "/a", VServerGroupId = "rsp-1" },
+                       { RuleId = "rule-b", RuleName = "a", Url = "/b", VServerGroupId = "rsp-1" }"#;
+    single(
+        &rules(same_name),
+        "Rules[1].RuleName",
+        ApiCode::InvalidParameter,
+    );
+    let same_match = r#"{ RuleId = "rule-a", RuleName = "a", Domain = "A.com", Url = "/a", VServerGroupId = "rsp-1" },
+                        { RuleId = "rule-b", RuleName = "b", Domain = "a.com", Url = "/a", VServerGroupId = "rsp-1" }"#;
+    single(
+        &rules(same_match),
+        "Rules[1].Domain",
+        ApiCode::InvalidParameter,
+    );
+    let same_id = r#"{ RuleId = "rule-a", RuleName = "a", Url = "/a", VServerGroupId = "rsp-1" },
+                     { RuleId = "rule-a", RuleName = "b", Url = "/b", VServerGroupId = "rsp-1" }"#;
+    single(
+        &rules(same_id),
+        "Rules[1].RuleId",
+        ApiCode::InvalidParameter,
+    );
+    // B11.1: only HTTP/HTTPS listeners carry rules.
+    let on_tcp = tcp(
+        r#"Rules = [ { RuleId = "rule-a", RuleName = "a", Url = "/a", VServerGroupId = "rsp-1" } ]"#,
+    );
+    single(&on_tcp, "Rules", ApiCode::UnsupportedParameter);
+}
+
+/// B10.14/B10.15: domain extensions only on HTTPS, with a valid and per-listener unique domain.
+#[test]
+fn domain_extensions_b10_15() {
+    let https = |ext: &str| {
+        listeners(&[&format!(
+            "ListenerProtocol = \"https\"\nListenerPort = 443\nBackendServerPort = 8080\nStickySession = \"off\"\nHealthCheck = \"off\"\nServerCertificateId = \"cert-1\"\nDomainExtensions = [ {ext} ]"
+        )])
+    };
+    let c = ok(&https(
+        r#"{ DomainExtensionId = "de-1", Domain = "www.example.com", ServerCertificateId = "cert-2" },
+           { DomainExtensionId = "de-2", Domain = "*.market.example.com", ServerCertificateId = "cert-3" }"#,
+    ));
+    let tls = first_listener(&c)
+        .http
+        .as_ref()
+        .unwrap()
+        .tls
+        .as_ref()
+        .unwrap();
+    assert_eq!(tls.domain_extensions[1].domain, "*.market.example.com");
+    for bad in ["*example.com", "exa_mple.com", "a..b", "**.a.com", ""] {
+        let text = https(&format!(
+            r#"{{ DomainExtensionId = "de-1", Domain = "{bad}", ServerCertificateId = "cert-2" }}"#
+        ));
+        let code = if bad.is_empty() {
+            ApiCode::MissingParameter
+        } else {
+            ApiCode::InvalidParameter
+        };
+        single(&text, "DomainExtensions[0].Domain", code);
+    }
+    let twice = r#"{ DomainExtensionId = "de-1", Domain = "a.com", ServerCertificateId = "cert-2" },
+                   { DomainExtensionId = "de-2", Domain = "A.com", ServerCertificateId = "cert-3" }"#;
+    single(
+        &https(twice),
+        "DomainExtensions[1].Domain",
+        ApiCode::InvalidParameter,
+    );
+    let on_http = http(
+        r#"DomainExtensions = [ { DomainExtensionId = "de-1", Domain = "a.com", ServerCertificateId = "c" } ]"#,
+    );
+    single(&on_http, "DomainExtensions", ApiCode::UnsupportedParameter);
+}

@@ -65,6 +65,8 @@ const LISTENER_PARAMS: &[&str] = &[
     "CACertificateId",
     "EnableHttp2",
     "TLSCipherPolicy",
+    "Rules",
+    "DomainExtensions",
 ];
 
 /// B3.9: listeners per instance.
@@ -558,7 +560,7 @@ pub fn check_listener<P: Params>(
         proxy_protocol_v2: r.boolean("ProxyProtocolV2Enabled").unwrap_or(false),
     });
     let http = if protocol.is_layer7() {
-        read_http(&mut r, protocol, ctx.vip)
+        read_http(&mut r, protocol, ctx)
     } else {
         None
     };
@@ -1047,8 +1049,9 @@ const TLS_POLICIES: &[(&str, TlsCipherPolicy)] = &[
 fn read_http<P: Params>(
     r: &mut Read<'_, P>,
     protocol: Protocol,
-    vip: IpAddr,
+    ctx: ListenerContext<'_>,
 ) -> Option<HttpSettings> {
+    let vip = ctx.vip;
     // B9.1: X-Forwarded-For is forced on, `off` is accepted and ignored; B9.6: not on IPv6.
     if r.switch_opt("XForwardedFor") == Some(true) && vip.is_ipv6() {
         r.issue(
@@ -1107,15 +1110,42 @@ fn read_http<P: Params>(
         let policy = r
             .choice("TLSCipherPolicy", TLS_POLICIES, "§10.3")
             .unwrap_or(TlsCipherPolicy::Tls10);
+        let extensions = members(r, "DomainExtensions", check_domain_extension);
+        if let Some(list) = &extensions {
+            unique_in_listener(
+                r,
+                "DomainExtensions",
+                list,
+                |e| e.domain.to_ascii_lowercase(),
+                "B10.14",
+                "Domain",
+            );
+        }
         Some(Some(TlsSettings {
             server_certificate_id: cert?,
             ca_certificate_id: ca,
             enable_http2,
             tls_cipher_policy: policy,
+            domain_extensions: extensions.unwrap_or_default(),
         }))
     } else {
         Some(None)
     };
+    let rules = members(r, "Rules", |o| check_rule(o, ctx.vserver_groups)).unwrap_or_default();
+    unique_in_listener(r, "Rules", &rules, |x| x.name.clone(), "B11.2", "RuleName");
+    unique_in_listener(
+        r,
+        "Rules",
+        &rules,
+        |x| {
+            (
+                x.domain.as_deref().map(str::to_ascii_lowercase),
+                x.url.clone(),
+            )
+        },
+        "B11.2",
+        "Domain",
+    );
     Some(HttpSettings {
         xff_slb_ip,
         xff_slb_id,
@@ -1128,7 +1158,144 @@ fn read_http<P: Params>(
         request_timeout,
         forward_port: forward_port?,
         tls: tls?,
+        rules,
     })
+}
+
+/// Later duplicates (by `key`) in a listener's list, reported at `list[i].field`. Indices only
+/// match the input when every element parsed, so duplicates are judged then.
+fn unique_in_listener<P: Params, T, K: Eq + std::hash::Hash>(
+    r: &mut Read<'_, P>,
+    list: &str,
+    items: &[T],
+    key: impl Fn(&T) -> K,
+    rule: &'static str,
+    field: &str,
+) {
+    if r.issues.iter().any(|i| i.path.starts_with(list)) {
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        if !seen.insert(key(item)) {
+            r.issue(
+                format!("{list}[{i}].{field}"),
+                ApiCode::InvalidParameter,
+                rule,
+                format!("The resource already exists: {list}[{i}] repeats the {field} of an earlier one in this listener"),
+            );
+        }
+    }
+}
+
+/// B10.15: letters, digits, `-`, `.`, first character a letter or digit; exact or `*.` wildcard.
+pub fn check_domain(domain: &str) -> bool {
+    let body = domain.strip_prefix("*.").unwrap_or(domain);
+    (1..=253).contains(&body.len())
+        && body.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        && !body.split('.').any(str::is_empty)
+}
+
+/// §11.1 `Url`: 1–80 of letters, digits, `-/.%?#&`.
+pub fn check_url(url: &str) -> bool {
+    (1..=80).contains(&url.len())
+        && url.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '.' | '%' | '?' | '#' | '&')
+        })
+}
+
+/// A forwarding rule (§11.1) of an HTTP/HTTPS listener, targeting a group of its instance.
+pub fn check_rule<P: Params>(p: &mut P, groups: &[VServerGroup]) -> Result<Rule, Vec<Issue>> {
+    let mut r = Read::new(p);
+    let id = r.required_id("RuleId", "§11.1");
+    let name = r.required_id("RuleName", "B11.2");
+    if name.as_deref().is_some_and(|n| !check_name(n, 80)) {
+        r.issue("RuleName", ApiCode::InvalidParameter, "§11.1", "The specified parameter RuleName is not valid: 1-80 characters of letters, digits, '-', '/', '.', '_'");
+    }
+    let domain = r
+        .string("Domain")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if domain.as_deref().is_some_and(|d| !check_domain(d)) {
+        r.issue(
+            "Domain",
+            ApiCode::InvalidParameter,
+            "B10.15",
+            "The specified parameter Domain is not valid.",
+        );
+    }
+    let url = r
+        .string("Url")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if url.as_deref().is_some_and(|u| !check_url(u)) {
+        r.issue(
+            "Url",
+            ApiCode::InvalidParameter,
+            "§11.1",
+            "The specified parameter URI is not valid.",
+        );
+    }
+    if domain.is_none()
+        && url.is_none()
+        && !r
+            .issues
+            .iter()
+            .any(|i| i.path == "Domain" || i.path == "Url")
+    {
+        r.issue("Domain", ApiCode::MissingParameter, "B11.2", "The combination of some parameters violates the spec: a rule needs a Domain, a Url or both.");
+    }
+    let group = r.required_id("VServerGroupId", "B11.2");
+    let group = group.filter(|g| {
+        let found = groups.iter().any(|x| &x.vserver_group_id == g);
+        if !found {
+            r.issue(
+                "VServerGroupId",
+                ApiCode::RsPoolNotFound,
+                "B11.3",
+                format!("RS Pool doesn't exist: no group {g:?} in this load balancer"),
+            );
+        }
+        found
+    });
+    let value = (|| {
+        Some(Rule {
+            rule_id: id?,
+            name: name?,
+            domain,
+            url,
+            vserver_group_id: group?,
+        })
+    })();
+    done(r, "Rules", value)
+}
+
+/// A domain extension (§12) of an HTTPS listener. Whether its certificate exists and covers
+/// the domain (B10.17) is the certificate store's to say, so the API checks that.
+pub fn check_domain_extension<P: Params>(p: &mut P) -> Result<DomainExtension, Vec<Issue>> {
+    let mut r = Read::new(p);
+    let id = r.required_id("DomainExtensionId", "§12.1");
+    let domain = r.required_id("Domain", "B10.15");
+    if domain.as_deref().is_some_and(|d| !check_domain(d)) {
+        r.issue(
+            "Domain",
+            ApiCode::InvalidParameter,
+            "B10.15",
+            "The specified parameter Domain is not valid.",
+        );
+    }
+    let cert = r.required_id("ServerCertificateId", "§12.1");
+    let value = (|| {
+        Some(DomainExtension {
+            domain_extension_id: id?,
+            domain: domain?,
+            server_certificate_id: cert?,
+        })
+    })();
+    done(r, "DomainExtensions", value)
 }
 
 /// B3.9: at most 50 listeners per instance; the issue points at the first listener too many.

@@ -46,6 +46,12 @@ const MAX_SERVERS_PER_REQUEST: usize = 20;
 /// §13: tags per instance and per request.
 const MAX_TAGS: usize = 10;
 
+mod acl;
+mod rules;
+
+pub use acl::*;
+pub use rules::*;
+
 pub type Response = Map<String, Value>;
 
 fn resp(v: Value) -> Response {
@@ -756,16 +762,26 @@ fn listener_ctx<'m>(model: &'m Model, lb: &'m LoadBalancer) -> ListenerContext<'
 }
 
 /// Copies the request's parameters except the ones the action itself consumed, marking all
-/// of them read (the listener check reports unknown ones).
-fn listener_request(p: &mut ParamMap, consumed: &[&str]) -> ParamMap {
+/// of them read (the listener check reports unknown ones). Rules and domain extensions have
+/// their own actions (§11, §12), so a listener request may not carry them.
+fn listener_request(p: &mut ParamMap, consumed: &[&str]) -> Result<ParamMap, ApiError> {
     let mut m = ParamMap::new();
     for (k, v) in p.entries().to_vec() {
         p.skip(&k);
+        if k == "Rules" || k == "DomainExtensions" {
+            return Err(ApiError::new(
+                "UnsupportedParameter",
+                400,
+                format!(
+                    "The input parameter is not unsupported: {k} are managed by their own actions"
+                ),
+            ));
+        }
         if !consumed.contains(&k.as_str()) {
             m.set(&k, v);
         }
     }
-    m
+    Ok(m)
 }
 
 pub fn create_listener(
@@ -775,7 +791,7 @@ pub fn create_listener(
 ) -> Result<Response, ApiError> {
     let id = req_str(p, "LoadBalancerId")?;
     let port = req_port(p, "ListenerPort")?;
-    let mut m = listener_request(p, &["LoadBalancerId"]);
+    let mut m = listener_request(p, &["LoadBalancerId"])?;
     m.set_str("ListenerProtocol", protocol.as_str());
     // B3.1: a listener created through the API is stopped until started.
     m.set_str("Status", "stopped");
@@ -827,7 +843,7 @@ pub fn set_listener(
 ) -> Result<Response, ApiError> {
     let id = req_str(p, "LoadBalancerId")?;
     let port = req_port(p, "ListenerPort")?;
-    let mut request = listener_request(p, &["LoadBalancerId", "ListenerPort"]);
+    let mut request = listener_request(p, &["LoadBalancerId", "ListenerPort"])?;
     let model = &*ctx.model;
     let lb = lb(model, &id)?;
     let idx = listener_index(lb, port)?;
@@ -1299,10 +1315,16 @@ pub fn delete_vserver_group(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Response,
     let gid = req_str(p, "VServerGroupId")?;
     let (lb_id, idx) = find_group(ctx.model, &gid)?;
     let lb = lb_mut(ctx.model, &lb_id)?;
+    let by_rule = |l: &Listener| {
+        l.http
+            .iter()
+            .flat_map(|h| &h.rules)
+            .any(|r| r.vserver_group_id == gid)
+    };
     if lb
         .listeners
         .iter()
-        .any(|l| l.group == GroupRef::VServerGroup(gid.clone()))
+        .any(|l| l.group == GroupRef::VServerGroup(gid.clone()) || by_rule(l))
     {
         return Err(in_use());
     }
@@ -1762,7 +1784,13 @@ fn cert_in_use(model: &Model, id: &str) -> bool {
         .values()
         .flat_map(|lb| &lb.listeners)
         .filter_map(|l| l.http.as_ref()?.tls.as_ref())
-        .any(|t| t.server_certificate_id == id || t.ca_certificate_id.as_deref() == Some(id))
+        .any(|t| {
+            t.server_certificate_id == id
+                || t.ca_certificate_id.as_deref() == Some(id)
+                || t.domain_extensions
+                    .iter()
+                    .any(|e| e.server_certificate_id == id)
+        })
 }
 
 fn delete_cert(ctx: &mut Ctx, p: &mut ParamMap, ca: bool) -> Result<Response, ApiError> {
@@ -1862,11 +1890,26 @@ pub fn set_ca_certificate_name(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Respon
     rename_cert(ctx, p, true)
 }
 
-/// An HTTPS listener may only reference certificates that exist (§5.4).
+/// An HTTPS listener may only reference certificates that exist (§5.4); a domain extension's
+/// certificate must cover its domain (B10.17).
 fn check_certificates(model: &Model, l: &Listener) -> Result<(), ApiError> {
     if let Some(tls) = l.http.as_ref().and_then(|h| h.tls.as_ref()) {
         if !model.certs.contains_key(&tls.server_certificate_id) {
             return Err(cert_not_found(false));
+        }
+        for e in &tls.domain_extensions {
+            let cert = model
+                .certs
+                .get(&e.server_certificate_id)
+                .ok_or_else(|| cert_not_found(false))?;
+            if !certificate_covers(cert, &e.domain) {
+                return Err(ApiError::invalid(format!(
+                    "The specified parameter Domain is not valid: certificate {} is for {}, not {}",
+                    e.server_certificate_id,
+                    cert_names(cert).collect::<Vec<_>>().join(", "),
+                    e.domain
+                )));
+            }
         }
         if let Some(ca) = &tls.ca_certificate_id {
             if !model.ca_certs.contains_key(ca) {
@@ -1875,4 +1918,30 @@ fn check_certificates(model: &Model, l: &Listener) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The DNS names a certificate is for: its SANs, else its common name.
+fn cert_names(c: &CertRecord) -> impl Iterator<Item = &str> {
+    let sans = c.subject_alternative_names.iter().map(String::as_str);
+    let cn = c
+        .subject_alternative_names
+        .is_empty()
+        .then_some(c.common_name.as_str());
+    sans.chain(cn)
+}
+
+/// B10.17: `domain` (exact or `*.` wildcard) is one the certificate serves: the same name, or an
+/// exact name one label below a wildcard name of the certificate.
+fn certificate_covers(c: &CertRecord, domain: &str) -> bool {
+    let domain = domain.to_ascii_lowercase();
+    cert_names(c).any(|name| {
+        let name = name.to_ascii_lowercase();
+        if name == domain {
+            return true;
+        }
+        match (name.strip_prefix("*."), domain.split_once('.')) {
+            (Some(suffix), Some((label, rest))) => label != "*" && rest == suffix,
+            _ => false,
+        }
+    })
 }
