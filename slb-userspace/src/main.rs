@@ -39,6 +39,55 @@ enum Proto {
     Udp,
 }
 
+/// Where the management API of a running agent is and how to sign calls to it.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// API endpoint (the `[Api] Listen` address).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    endpoint: SocketAddr,
+    /// Access key file; its first key signs the calls.
+    #[arg(long, default_value = "/etc/slb/access-keys.toml")]
+    keys_file: PathBuf,
+}
+
+impl ApiArgs {
+    /// Calls `action` (a POST form, so large parameters fit): HTTP status and JSON body.
+    fn send(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let keys = api::sign::AccessKeys::load(&self.keys_file)?;
+        let (key_id, secret) = keys
+            .first()
+            .map(|(i, s)| (i.to_string(), s.to_string()))
+            .with_context(|| format!("{} holds no access key", self.keys_file.display()))?;
+        let client = api::client::Client {
+            addr: self.endpoint,
+            key_id,
+            secret,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(client.call_form(action, params))
+            .with_context(|| format!("is an agent serving the API on {}?", self.endpoint))
+    }
+
+    /// As [`ApiArgs::send`]; an error response is an error.
+    fn call(&self, action: &str, params: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self.send(action, params)?;
+        if status >= 400 {
+            bail!(
+                "{action}: {} {}",
+                body["Code"].as_str().unwrap_or("error"),
+                body["Message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(body)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the XDP program, program the configuration, and keep it in sync (SIGHUP reloads).
@@ -103,15 +152,25 @@ enum Cmd {
     /// print the JSON response: `slb call DescribeLoadBalancers --RegionId local`.
     Call {
         action: String,
-        /// API endpoint (the `[Api] Listen` address).
-        #[arg(long, default_value = "127.0.0.1:8600")]
-        endpoint: SocketAddr,
-        /// Access key file; its first key signs the call.
-        #[arg(long, default_value = "/etc/slb/access-keys.toml")]
-        keys_file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
         /// The action's parameters as `--Name value` pairs.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         params: Vec<String>,
+    },
+    /// Print a running agent's resources as a configuration file that `slb apply` accepts.
+    Export {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Make a running agent's resources those of FILE, validated exactly like API calls, in
+    /// one transaction; prints the changes. `--dry-run` prints them and changes nothing.
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Detach the program and remove every pinned map and link of an agent.
     Unload {
@@ -174,10 +233,15 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Call {
             action,
-            endpoint,
-            keys_file,
+            api,
             params,
-        } => call_cmd(&action, endpoint, &keys_file, &params),
+        } => call_cmd(&action, &api, &params),
+        Cmd::Export { api } => {
+            let body = api.call("ExportConfiguration", &[])?;
+            print!("{}", body["Configuration"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        Cmd::Apply { file, dry_run, api } => apply_cmd(&file, dry_run, &api),
         Cmd::Unload { pin_path } => Ok(loader::unload(&pin_path)?),
     }
 }
@@ -200,17 +264,7 @@ fn load_config(
     Ok(cfg)
 }
 
-fn call_cmd(
-    action: &str,
-    endpoint: SocketAddr,
-    keys_file: &Path,
-    params: &[String],
-) -> anyhow::Result<()> {
-    let keys = api::sign::AccessKeys::load(keys_file)?;
-    let (key_id, secret) = keys
-        .first()
-        .map(|(i, s)| (i.to_string(), s.to_string()))
-        .with_context(|| format!("{} holds no access key", keys_file.display()))?;
+fn call_cmd(action: &str, api: &ApiArgs, params: &[String]) -> anyhow::Result<()> {
     let mut pairs = Vec::new();
     let mut it = params.iter();
     while let Some(name) = it.next() {
@@ -222,23 +276,37 @@ fn call_cmd(
             .with_context(|| format!("--{name} has no value"))?;
         pairs.push((name.to_string(), value.clone()));
     }
-    let client = api::client::Client {
-        addr: endpoint,
-        key_id,
-        secret,
-    };
     let refs: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (status, body) = rt.block_on(client.call(action, &refs))?;
+    let (status, body) = api.send(action, &refs)?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     if status >= 400 {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// Validates FILE here first (errors name this file's lines), then lets the agent validate
+/// and apply it against its state.
+fn apply_cmd(file: &Path, dry_run: bool, api: &ApiArgs) -> anyhow::Result<()> {
+    config::load(file)?;
+    let text = std::fs::read_to_string(file)?;
+    let dry = if dry_run { "true" } else { "false" };
+    let body = api.call(
+        "ApplyConfiguration",
+        &[("Configuration", &text), ("DryRun", dry)],
+    )?;
+    let changes = body["Changes"]["Change"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for c in &changes {
+        println!("{}", c.as_str().unwrap_or(""));
+    }
+    let verb = if dry_run { "would change" } else { "changed" };
+    println!("{}: {verb} {} resources", file.display(), changes.len());
     Ok(())
 }
 

@@ -18,7 +18,8 @@ use super::{Api, ApiError, VERSION};
 use crate::config::ParamMap;
 
 /// Larger requests are refused: the biggest legitimate one is a certificate upload.
-const MAX_BODY: usize = 1 << 20;
+/// Large enough for `ApplyConfiguration` of a few thousand listeners.
+const MAX_BODY: usize = 16 << 20;
 
 /// Parameters every request may carry that are not the action's own (§1.2).
 const COMMON: &[&str] = &[
@@ -295,7 +296,7 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return error(
-                ApiError::invalid("The request body is larger than 1 MiB"),
+                ApiError::invalid("The request body is larger than 16 MiB"),
                 Format::Json,
             )
         }

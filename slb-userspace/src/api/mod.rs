@@ -150,6 +150,8 @@ fn handler(action: &str) -> Option<(Handler, bool)> {
         "RemoveAccessControlListEntry" => (a::remove_access_control_list_entry, true),
         "DescribeAccessControlLists" => (a::describe_access_control_lists, false),
         "DescribeAccessControlListAttribute" => (a::describe_access_control_list_attribute, false),
+        "ExportConfiguration" => (a::export_configuration, false),
+        "ApplyConfiguration" => (a::apply_configuration, true),
         "AddTags" => (a::add_tags, true),
         "RemoveTags" => (a::remove_tags, true),
         "DescribeTags" => (a::describe_tags, false),

@@ -47,9 +47,11 @@ const MAX_SERVERS_PER_REQUEST: usize = 20;
 const MAX_TAGS: usize = 10;
 
 mod acl;
+mod apply;
 mod rules;
 
 pub use acl::*;
+pub use apply::*;
 pub use rules::*;
 
 pub type Response = Map<String, Value>;
