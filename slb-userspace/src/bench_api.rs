@@ -212,12 +212,13 @@ async fn measure(api: &Arc<Api>) -> anyhow::Result<Report> {
         addr: listener.local_addr()?,
         key_id: "bench".into(),
         secret: "bench".into(),
+        tls: None,
     };
     let verifier = Arc::new(Verifier::new(AccessKeys::from_pairs([(
         "bench".to_string(),
         "bench".to_string(),
     )])));
-    let server = tokio::spawn(http::serve(api.clone(), verifier, listener));
+    let server = tokio::spawn(http::serve(api.clone(), verifier, listener, None));
     let mut cases = Vec::new();
     for c in CONCURRENCY {
         cases.push(

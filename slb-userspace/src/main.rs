@@ -48,6 +48,9 @@ struct ApiArgs {
     /// Access key file; its first key signs the calls.
     #[arg(long, default_value = "/etc/slb/access-keys.toml")]
     keys_file: PathBuf,
+    /// Call over TLS, trusting the CA (or self-signed) certificates in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ApiArgs {
@@ -62,10 +65,16 @@ impl ApiArgs {
             .first()
             .map(|(i, s)| (i.to_string(), s.to_string()))
             .with_context(|| format!("{} holds no access key", self.keys_file.display()))?;
+        let tls = self
+            .tls_ca
+            .as_deref()
+            .map(api::client::tls_connector)
+            .transpose()?;
         let client = api::client::Client {
             addr: self.endpoint,
             key_id,
             secret,
+            tls,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -315,6 +324,12 @@ fn apply_cmd(file: &Path, dry_run: bool, api: &ApiArgs) -> anyhow::Result<()> {
 /// programmed into the data plane.
 fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result<()> {
     let keys = api::sign::AccessKeys::load(&section.keys_file)?;
+    let tls = section
+        .tls
+        .as_ref()
+        .map(|t| api::http::tls_acceptor(&t.certificate, &t.private_key))
+        .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let store = api::store::Store::open(&section.state_path)?;
     let state = api::state::State::open(store, Some(&cfg))?;
     let settings = api::Settings {
@@ -340,14 +355,14 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
             .await
             .with_context(|| format!("binding the API to {}", section.listen))?;
         println!(
-            "slb ready: API on http://{} (state {}), interfaces [{}], maps pinned at {}",
+            "slb ready: API on {scheme}://{} (state {}), interfaces [{}], maps pinned at {}",
             section.listen,
             section.state_path.display(),
             cfg.agent.interfaces.join(", "),
             agent.pin_dir.display()
         );
         std::io::stdout().flush()?;
-        let server = tokio::spawn(api::http::serve(api.clone(), verifier, listener));
+        let server = tokio::spawn(api::http::serve(api.clone(), verifier, listener, tls));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

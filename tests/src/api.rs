@@ -59,12 +59,13 @@ impl TestApi {
             KEY_ID.to_string(),
             SECRET.to_string(),
         )])));
-        let server = tokio::spawn(http::serve(api.clone(), verifier, listener));
+        let server = tokio::spawn(http::serve(api.clone(), verifier, listener, None));
         Ok(TestApi {
             client: Client {
                 addr,
                 key_id: KEY_ID.to_string(),
                 secret: SECRET.to_string(),
+                tls: None,
             },
             api,
             dir,

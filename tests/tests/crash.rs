@@ -66,6 +66,7 @@ async fn kill_9_during_mutations_loses_no_acknowledged_change() -> anyhow::Resul
         addr: SocketAddr::from(([127, 0, 0, 1], PORT)),
         key_id: "k".into(),
         secret: "s".into(),
+        tls: None,
     };
     let mut acked: Vec<String> = Vec::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;

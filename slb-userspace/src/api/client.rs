@@ -1,7 +1,13 @@
 //! A signed API client (signature 1.0, JSON): what `slb call` and the tests use.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
 use std::time::SystemTime;
+
+use openssl::ssl::{SslConnector, SslMethod};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_openssl::SslStream;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -26,6 +32,22 @@ pub enum ClientError {
     Request { source: hyper::http::Error },
     #[error("the response is not JSON: {body}")]
     NotJson { body: String },
+    #[error("TLS setup: {source}")]
+    TlsSetup { source: openssl::error::ErrorStack },
+    #[error("TLS handshake with {addr}: {source}")]
+    TlsHandshake {
+        addr: SocketAddr,
+        source: openssl::ssl::Error,
+    },
+}
+
+/// A TLS client that trusts the certificates in `ca_file` (PEM) and checks that the server's
+/// certificate names the address it is called at.
+pub fn tls_connector(ca_file: &Path) -> Result<SslConnector, ClientError> {
+    let setup = |source| ClientError::TlsSetup { source };
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(setup)?;
+    b.set_ca_file(ca_file).map_err(setup)?;
+    Ok(b.build())
 }
 
 /// Where and as whom to call.
@@ -34,6 +56,8 @@ pub struct Client {
     pub addr: SocketAddr,
     pub key_id: String,
     pub secret: String,
+    /// `Some`: the API is served over TLS.
+    pub tls: Option<SslConnector>,
 }
 
 impl Client {
@@ -100,34 +124,59 @@ impl Client {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let Some(connector) = &self.tls else {
+            return exchange(stream, addr, method, path_and_query, headers, body).await;
+        };
+        let setup = |source| ClientError::TlsSetup { source };
+        let ssl = connector
+            .configure()
+            .and_then(|c| c.into_ssl(&addr.ip().to_string()))
+            .map_err(setup)?;
+        let mut tls = SslStream::new(ssl, stream).map_err(setup)?;
+        Pin::new(&mut tls)
+            .connect()
             .await
-            .map_err(|source| ClientError::Http { addr, source })?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header("host", addr.to_string());
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|source| ClientError::Request { source })?;
-        let resp = tx
-            .send_request(req)
-            .await
-            .map_err(|source| ClientError::Http { addr, source })?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|source| ClientError::Http { addr, source })?
-            .to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        })?;
-        Ok((status, body))
+            .map_err(|source| ClientError::TlsHandshake { addr, source })?;
+        exchange(tls, addr, method, path_and_query, headers, body).await
     }
+}
+
+/// One HTTP/1.1 request and its JSON response over `stream`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+) -> Result<(u16, Value), ClientError> {
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ClientError::Http { addr, source })?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", addr.to_string());
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|source| ClientError::Request { source })?;
+    let resp = tx
+        .send_request(req)
+        .await
+        .map_err(|source| ClientError::Http { addr, source })?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| ClientError::Http { addr, source })?
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })?;
+    Ok((status, body))
 }

@@ -3,8 +3,15 @@
 //! response; errors as §1.5 shows them.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_openssl::SslStream;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -357,7 +364,50 @@ async fn handle(
 }
 
 /// Serves the API on `listener` until the task is dropped.
-pub async fn serve(api: Arc<Api>, verifier: Arc<Verifier>, listener: TcpListener) {
+/// The API listener's TLS could not be set up from its files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("API TLS certificate {path}: {source}")]
+    Certificate {
+        path: PathBuf,
+        source: openssl::error::ErrorStack,
+    },
+    #[error("API TLS private key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: openssl::error::ErrorStack,
+    },
+}
+
+/// TLS for the API listener from a PEM certificate chain and its key (Mozilla's intermediate
+/// profile: TLS 1.2 and 1.3).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<SslAcceptor, TlsError> {
+    let cert_err = |source| TlsError::Certificate {
+        path: cert.to_path_buf(),
+        source,
+    };
+    let key_err = |source| TlsError::Key {
+        path: key.to_path_buf(),
+        source,
+    };
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
+    b.set_certificate_chain_file(cert).map_err(cert_err)?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(key_err)?;
+    b.check_private_key().map_err(key_err)?;
+    Ok(b.build())
+}
+
+/// A client that has not finished the TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener`, over TLS when `tls` is given.
+pub async fn serve(
+    api: Arc<Api>,
+    verifier: Arc<Verifier>,
+    listener: TcpListener,
+    tls: Option<SslAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -368,18 +418,40 @@ pub async fn serve(api: Arc<Api>, verifier: Arc<Verifier>, listener: TcpListener
         };
         let api = api.clone();
         let verifier = verifier.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let api = api.clone();
-                let verifier = verifier.clone();
-                async move { Ok::<_, Infallible>(handle(api, verifier, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                log::debug!("API connection from {peer}: {e}");
+            let Some(acceptor) = tls else {
+                return serve_connection(api, verifier, stream, peer).await;
+            };
+            let mut stream =
+                match Ssl::new(acceptor.context()).and_then(|ssl| SslStream::new(ssl, stream)) {
+                    Ok(s) => s,
+                    Err(e) => return log::warn!("API TLS from {peer}: {e}"),
+                };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, Pin::new(&mut stream).accept()).await {
+                Ok(Ok(())) => serve_connection(api, verifier, stream, peer).await,
+                Ok(Err(e)) => log::debug!("API TLS handshake from {peer}: {e}"),
+                Err(_) => log::debug!("API TLS handshake from {peer}: timed out"),
             }
         });
+    }
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    api: Arc<Api>,
+    verifier: Arc<Verifier>,
+    stream: S,
+    peer: SocketAddr,
+) {
+    let svc = service_fn(move |req| {
+        let api = api.clone();
+        let verifier = verifier.clone();
+        async move { Ok::<_, Infallible>(handle(api, verifier, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        log::debug!("API connection from {peer}: {e}");
     }
 }

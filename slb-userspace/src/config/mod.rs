@@ -307,6 +307,21 @@ fn read_api(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Option<ApiSectio
     let state_path = r
         .string("StatePath")
         .map_or_else(|| PathBuf::from("/var/lib/slb/state.redb"), PathBuf::from);
+    let tls = match (r.string("TlsCertificate"), r.string("TlsPrivateKey")) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some(ApiTls {
+            certificate: PathBuf::from(c),
+            private_key: PathBuf::from(k),
+        }),
+        (Some(_), None) => {
+            r.missing("TlsPrivateKey", "config");
+            None
+        }
+        (None, Some(_)) => {
+            r.missing("TlsCertificate", "config");
+            None
+        }
+    };
     let mut vip_pool = Vec::new();
     for (i, text) in pool_text.iter().enumerate() {
         match text.parse::<IpNet>() {
@@ -328,6 +343,7 @@ fn read_api(t: &mut TomlParams<'_>, issues: &mut Vec<Issue>) -> Option<ApiSectio
         state_path,
         vip_pool,
         zone_ids,
+        tls,
     })
     .filter(|_| ok)
 }

@@ -39,6 +39,15 @@ pub struct ApiSection {
     /// Where `CreateLoadBalancer` allocates VIPs.
     pub vip_pool: Vec<IpNet>,
     pub zone_ids: Vec<String>,
+    /// `Some`: the API is served over TLS.
+    pub tls: Option<ApiTls>,
+}
+
+/// PEM files of the API listener's TLS (`[Api] TlsCertificate`, `TlsPrivateKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 impl Default for Agent {

@@ -1273,8 +1273,8 @@ fn param_map_reads_json_lists_with_string_numbers() {
     }
 }
 
-/// `[Api]`: loopback by default, the documented file locations, and bad values named with
-/// their line; options the API does not have are refused rather than ignored.
+/// `[Api]`: loopback by default, plain HTTP unless both TLS files are named, the documented
+/// file locations, and bad values named with their line.
 #[test]
 fn api_section_defaults_and_errors() {
     let c = ok("[Api]\n");
@@ -1299,11 +1299,29 @@ fn api_section_defaults_and_errors() {
         ApiCode::InvalidParameter,
     );
     assert_eq!(e.line, 2);
+    assert_eq!(api_tls_of(""), None);
+    let tls = api_tls_of("TlsCertificate = \"/c.pem\"\nTlsPrivateKey = \"/k.pem\"\n").unwrap();
+    assert_eq!(tls.certificate, std::path::PathBuf::from("/c.pem"));
+    assert_eq!(tls.private_key, std::path::PathBuf::from("/k.pem"));
     single(
         "[Api]\nTlsCertificate = \"/etc/slb/api.pem\"\n",
+        "Api.TlsPrivateKey",
+        ApiCode::MissingParameter,
+    );
+    single(
+        "[Api]\nTlsPrivateKey = \"/etc/slb/api.key\"\n",
         "Api.TlsCertificate",
+        ApiCode::MissingParameter,
+    );
+    single(
+        "[Api]\nTls = true\n",
+        "Api.Tls",
         ApiCode::UnsupportedParameter,
     );
+}
+
+fn api_tls_of(keys: &str) -> Option<ApiTls> {
+    ok(&format!("[Api]\n{keys}")).agent.api.expect("[Api]").tls
 }
 
 fn rules(list: &str) -> String {
