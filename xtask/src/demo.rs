@@ -69,14 +69,23 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
             .context("installing the Ctrl-C handler")?;
     }
     let config = ws.root.join(DEMO_CONFIG);
-    let pins = PinDir(pin_path(&config)?);
+    let pins = OwnedDir(PathBuf::from(setting(&config, "Agent", "PinPath")?));
     // A crashed earlier demo may have left pinned maps that the agent would pick up again.
     pins.remove()?;
+    let keys = PathBuf::from(setting(&config, "Api", "KeysFile")?);
+    let state = OwnedDir(
+        keys.parent()
+            .context("KeysFile has a directory")?
+            .to_path_buf(),
+    );
+    // A fresh store, seeded from the demo config, and a fresh key.
+    state.remove()?;
+    write_demo_key(&keys)?;
     let lab = Lab::up(PREFIX, N, BACKENDS)?;
     let services = start_services(&lab)?;
 
     let mut agent = Agent::start(slb, &config, lab.lb_ns(), true)?;
-    let outcome = supervise(&mut agent, &interrupted, &lab, slb, &pins.0);
+    let outcome = supervise(&mut agent, &interrupted, &lab, slb, &pins.0, &keys);
 
     // Teardown order matters: the agent stops first; `slb unload` then detaches the XDP
     // programs it leaves running (by design it keeps forwarding across restarts) and removes
@@ -89,7 +98,7 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
     let unloaded = unload(slb, lab.lb_ns(), &pins.0);
     drop(services);
     // Whatever `slb unload` left (or everything, if it failed).
-    let unpinned = pins.remove();
+    let unpinned = pins.remove().and(state.remove());
     let lab_down = lab.down().context("tearing the lab down");
     println!("demo stopped and cleaned up");
     outcome
@@ -107,6 +116,7 @@ fn supervise(
     lab: &Lab,
     slb: &Path,
     pin_path: &Path,
+    keys: &Path,
 ) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut early_output = Vec::new();
@@ -118,7 +128,7 @@ fn supervise(
                 ready = line.starts_with("slb ready");
                 if ready {
                     println!("slb: {line}");
-                    print_try_it(lab, slb, pin_path);
+                    print_try_it(lab, slb, pin_path, keys);
                 }
                 early_output.push(line);
             }
@@ -147,17 +157,55 @@ fn supervise(
     }
 }
 
-fn print_try_it(lab: &Lab, slb: &Path, pin_path: &Path) {
+fn print_try_it(lab: &Lab, slb: &Path, pin_path: &Path, keys: &Path) {
     let client = &lab.client().ns;
     let (vip4, vip6) = (lab.vip_v4(), lab.vip_v6());
+    let slb = shown(slb);
     println!(
         "demo up: ip netns exec {client} nc -w1 {vip4} 80 </dev/null  (TCP; also: \
          echo hi | ip netns exec {client} nc -u -w1 {vip4} 53, \
          ip netns exec {client} nc -w1 {vip6} 80 </dev/null; \
          stats: {} stats --pin-path {}); Ctrl-C to stop",
-        shown(slb).display(),
+        slb.display(),
         pin_path.display()
     );
+    println!(
+        "API: ip netns exec {lb} {} call DescribeLoadBalancers --keys-file {} --RegionId local  \
+         (also `export`, `apply FILE --dry-run`, any SLB action; Alibaba SDKs work against \
+         http://127.0.0.1:8600 inside {lb})",
+        slb.display(),
+        keys.display(),
+        lb = lab.lb_ns(),
+    );
+}
+
+/// A fresh demo access key, readable by root only (as the agent requires).
+fn write_demo_key(path: &Path) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = path.parent().context("KeysFile has a directory")?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut secret = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .context("reading /dev/urandom")?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| {
+            writeln!(
+                f,
+                "[[AccessKeys]]\nAccessKeyId = \"demo\"\nAccessKeySecret = \"{secret}\""
+            )
+        })
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// `path` relative to the current directory when it is below it, for a shorter hint.
@@ -183,24 +231,25 @@ fn start_services(lab: &Lab) -> Result<Vec<Service>> {
     Ok(services)
 }
 
-/// `Agent.PinPath` of the demo config: what the agent pins, and what the demo removes.
-fn pin_path(config: &Path) -> Result<PathBuf> {
+/// A string setting of the demo config (`Agent.PinPath`, `Api.KeysFile`): what the demo
+/// prepares and removes follows the file.
+fn setting(config: &Path, section: &str, key: &str) -> Result<String> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
-    let pin = table
-        .get("Agent")
-        .and_then(|agent| agent.get("PinPath"))
+    table
+        .get(section)
+        .and_then(|s| s.get(key))
         .and_then(toml::Value::as_str)
-        .with_context(|| format!("{} sets no Agent.PinPath", config.display()))?;
-    Ok(PathBuf::from(pin))
+        .map(str::to_string)
+        .with_context(|| format!("{} sets no {section}.{key}", config.display()))
 }
 
-/// The demo's bpffs pin directory.
-struct PinDir(PathBuf);
+/// A directory the demo owns (bpffs pins, the API's key and store), removed at start and end.
+struct OwnedDir(PathBuf);
 
-impl PinDir {
+impl OwnedDir {
     fn remove(&self) -> Result<()> {
         match std::fs::remove_dir_all(&self.0) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
