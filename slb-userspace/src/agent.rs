@@ -7,7 +7,7 @@ use aya::{programs::XdpMode, Ebpf};
 use crate::{
     config::{self, Config},
     dataplane::{
-        image::{BackendAddr, Image},
+        image::{BackendAddr, Image, ImageCache},
         loader::{self, LoadOptions, Loaded},
         reaper::{monotonic_ns, RstSender},
         sync::{Sync, SyncReport},
@@ -22,6 +22,7 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     /// Backends the health checker reported down; left out of rings and sequences.
     pub down: BTreeSet<BackendAddr>,
+    images: ImageCache,
 }
 
 pub fn xdp_mode(m: config::XdpMode) -> XdpMode {
@@ -51,7 +52,8 @@ impl Agent {
         })?;
         let mut sync = Sync::adopt(maps)?;
         let down = BTreeSet::new();
-        let report = sync.apply(&Image::build(cfg, &down))?;
+        let mut images = ImageCache::default();
+        let report = sync.apply(&Image::build_cached(cfg, &down, &mut images))?;
         for iface in &cfg.agent.interfaces {
             accept_local(iface)?;
             loader::attach(
@@ -68,6 +70,7 @@ impl Agent {
                 sync,
                 pin_dir,
                 down,
+                images,
             },
             report,
         ))
@@ -75,7 +78,8 @@ impl Agent {
 
     /// Applies a new configuration: only the difference reaches the maps.
     pub fn reload(&mut self, cfg: &Config) -> Result<SyncReport, DataplaneError> {
-        self.sync.apply(&Image::build(cfg, &self.down))
+        self.sync
+            .apply(&Image::build_cached(cfg, &self.down, &mut self.images))
     }
 
     /// Closes established TCP flows idle past their `EstablishedTimeout` with a RST to both

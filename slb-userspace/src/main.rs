@@ -453,7 +453,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     println!("{}: valid", path.display());
     for (key, l) in &image.listeners {
         let mut shares: BTreeMap<String, usize> = BTreeMap::new();
-        for e in &l.table {
+        for e in l.table.iter() {
             *shares.entry(e.backend.to_string()).or_default() += 1;
         }
         let shares = shares

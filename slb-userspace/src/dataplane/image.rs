@@ -2,9 +2,10 @@
 //! in terms of backend addresses, and ACLs by name. `sync` assigns slots and writes it;
 //! `slb simulate` and `slb check-config` read it directly, so they see the same tables.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -12,7 +13,7 @@ use slb_common::*;
 
 use super::{maglev, sequence};
 use crate::config::{
-    AclType, Config, GroupRef, InstanceStatus, Listener, ListenerStatus, LoadBalancer, Member,
+    Acl, AclType, Config, GroupRef, InstanceStatus, Listener, ListenerStatus, LoadBalancer, Member,
     MemberRole, Protocol, Scheduler,
 };
 
@@ -42,10 +43,11 @@ pub struct ListenerImage {
     pub legacy_acl: Option<String>,
     pub persistence_timeout: u32,
     pub idle_timeout: u32,
-    /// What `SLAB` holds for this listener (see `ListenerMeta::table_off`).
-    pub table: Vec<TableEntry>,
+    /// What `SLAB` holds for this listener (see `ListenerMeta::table_off`). Shared by the
+    /// listeners with the same group, scheduler and weights.
+    pub table: Arc<Vec<TableEntry>>,
     /// The distinct members with weight > 0, in configuration order (`ListenerMeta::members_len`).
-    pub members: Vec<TableEntry>,
+    pub members: Arc<Vec<TableEntry>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,10 +171,13 @@ fn protocol_code(p: Protocol) -> (u8, u32) {
     }
 }
 
-/// Tables already built in this image, by scheduler and live members: listeners of one
-/// instance usually share a group, and a table takes O(members × length) to build.
-/// Key: (scheduler, per member: address, weight, master?, down?).
-type TableMemo = HashMap<(u32, Vec<(BackendAddr, u8, bool, bool)>), Vec<TableEntry>>;
+/// Tables (and member lists) already built in this image, by scheduler and live members:
+/// listeners of one instance usually share a group, and a table takes O(members × length) to
+/// build. Key: (scheduler, per member: address, weight, master?, down?).
+type TableMemo = HashMap<
+    (u32, Vec<(BackendAddr, u8, bool, bool)>),
+    (Arc<Vec<TableEntry>>, Arc<Vec<TableEntry>>),
+>;
 
 fn listener_image(
     cfg: &Config,
@@ -231,18 +236,20 @@ fn listener_image(
             (b, m.weight, m.role == MemberRole::Master, down.contains(&b))
         })
         .collect();
-    let table = memo
+    let (table, members) = memo
         .entry((scheduler, key))
-        .or_insert_with(|| table(scheduler, &all, down))
-        .clone();
-    let members = all
-        .iter()
-        .filter(|m| m.weight > 0)
-        .map(|m| TableEntry {
-            backend: BackendAddr(SocketAddr::new(m.addr, m.port)),
-            weight: m.weight.into(),
+        .or_insert_with(|| {
+            let members = all
+                .iter()
+                .filter(|m| m.weight > 0)
+                .map(|m| TableEntry {
+                    backend: BackendAddr(SocketAddr::new(m.addr, m.port)),
+                    weight: m.weight.into(),
+                })
+                .collect();
+            (Arc::new(table(scheduler, &all, down)), Arc::new(members))
         })
-        .collect();
+        .clone();
     ListenerImage {
         name: format!(
             "{}/{}/{}",
@@ -273,36 +280,151 @@ pub fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+/// What one instance contributes to an image.
+struct InstanceImage {
+    lb: LoadBalancer,
+    listeners: Vec<(ListenerKey, ListenerImage)>,
+    acls: BTreeMap<String, Vec<IpNet>>,
+}
+
+/// The previous build's result per instance, so that a reload rebuilds only the instances whose
+/// inputs changed (an API call usually touches one of many). Everything is rebuilt when the
+/// inputs shared by all instances change: the server registry, the ACLs, the down set.
+#[derive(Default)]
+pub struct ImageCache {
+    servers: BTreeMap<String, IpAddr>,
+    acls: Vec<Acl>,
+    down: BTreeSet<BackendAddr>,
+    instances: HashMap<String, InstanceImage>,
+}
+
 impl Image {
     /// The image of a validated configuration, with `down` backends out of the tables.
     pub fn build(cfg: &Config, down: &BTreeSet<BackendAddr>) -> Image {
+        Self::build_cached(cfg, down, &mut ImageCache::default())
+    }
+
+    /// As [`Image::build`], reusing what `cache` holds from the previous build and leaving
+    /// this build's result there.
+    pub fn build_cached(
+        cfg: &Config,
+        down: &BTreeSet<BackendAddr>,
+        cache: &mut ImageCache,
+    ) -> Image {
+        if cache.servers != cfg.servers || cache.acls != cfg.acls || cache.down != *down {
+            *cache = ImageCache {
+                servers: cfg.servers.clone(),
+                acls: cfg.acls.clone(),
+                down: down.clone(),
+                instances: HashMap::new(),
+            };
+        }
         let mut image = Image::default();
         let mut memo = TableMemo::new();
+        let mut instances = HashMap::with_capacity(cfg.load_balancers.len());
         for lb in &cfg.load_balancers {
-            for l in &lb.listeners {
-                let proto = protocol_code(l.protocol).0;
-                let key = listener_key(lb.address, l.listener_port, proto);
-                let li = listener_image(cfg, lb, l, down, &mut image.acls, &mut memo);
-                image.listeners.insert(key, li);
-            }
+            let inst = match cache.instances.remove(&lb.load_balancer_id) {
+                Some(prev) if prev.lb == *lb => prev,
+                _ => {
+                    let mut acls = BTreeMap::new();
+                    let listeners = lb
+                        .listeners
+                        .iter()
+                        .map(|l| {
+                            let proto = protocol_code(l.protocol).0;
+                            let key = listener_key(lb.address, l.listener_port, proto);
+                            (key, listener_image(cfg, lb, l, down, &mut acls, &mut memo))
+                        })
+                        .collect();
+                    InstanceImage {
+                        lb: lb.clone(),
+                        listeners,
+                        acls,
+                    }
+                }
+            };
+            image.listeners.extend(inst.listeners.iter().cloned());
+            image
+                .acls
+                .extend(inst.acls.iter().map(|(k, v)| (k.clone(), v.clone())));
+            instances.insert(lb.load_balancer_id.clone(), inst);
         }
+        cache.instances = instances;
         image
     }
 
     /// Every backend some listener's table refers to. Tables hold only members, except that a
     /// master/slave table also keeps a weight-0 member; walking the (long) rings and sequences
-    /// of every listener would cost millions of inserts at scale.
+    /// of every listener would cost millions of inserts at scale, and listeners sharing a
+    /// group share their lists, which are walked once.
     pub fn backends(&self) -> BTreeSet<BackendAddr> {
-        self.listeners
-            .values()
-            .flat_map(|l| {
-                let table: &[TableEntry] = if l.scheduler == SCHED_MASTER_SLAVE {
-                    &l.table
-                } else {
-                    &[]
-                };
-                table.iter().chain(&l.members).map(|e| e.backend)
-            })
-            .collect()
+        let mut seen = HashSet::new();
+        let mut out = BTreeSet::new();
+        for l in self.listeners.values() {
+            if l.scheduler == SCHED_MASTER_SLAVE && seen.insert(Arc::as_ptr(&l.table)) {
+                out.extend(l.table.iter().map(|e| e.backend));
+            }
+            if seen.insert(Arc::as_ptr(&l.members)) {
+                out.extend(l.members.iter().map(|e| e.backend));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn cfg(weight: u8, acl_entry: &str) -> Config {
+        let mut t = format!(
+            "[[Acls]]\nAclId = \"nacl-1\"\nAclEntrys = [ {{ entry = \"{acl_entry}\" }} ]\n"
+        );
+        for (i, w) in [(1, weight), (2, 100)] {
+            t.push_str(&format!(
+                "[[LoadBalancers]]\nLoadBalancerId = \"lb-{i}\"\nAddress = \"10.0.{i}.1\"\n\
+                 BackendServers = [ {{ ServerId = \"10.1.{i}.1\", Weight = {w} }}, {{ ServerId = \"10.1.{i}.2\" }} ]\n\
+                 [[LoadBalancers.Listeners]]\nListenerProtocol = \"tcp\"\nListenerPort = 80\nBackendServerPort = 8080\n\
+                 AclStatus = \"on\"\nAclId = \"nacl-1\"\nAclType = \"white\"\n\
+                 [[LoadBalancers.Listeners]]\nListenerProtocol = \"udp\"\nListenerPort = 53\nBackendServerPort = 53\nScheduler = \"sch\"\n"
+            ));
+        }
+        config::parse(&t, "t.toml").unwrap()
+    }
+
+    fn table_of(image: &Image, lb: u8) -> &Arc<Vec<TableEntry>> {
+        let key = listener_key(IpAddr::from([10, 0, lb, 1]), 80, PROTO_TCP);
+        &image.listeners[&key].table
+    }
+
+    /// A cached build is the image a fresh build makes, whatever changed; unchanged instances
+    /// keep their very tables (which is what makes a reload cheap).
+    #[test]
+    fn cached_build_equals_a_fresh_build() {
+        let mut cache = ImageCache::default();
+        let none = BTreeSet::new();
+        let first = Image::build_cached(&cfg(100, "192.0.2.0/24"), &none, &mut cache);
+        assert_eq!(first, Image::build(&cfg(100, "192.0.2.0/24"), &none));
+        let weights = cfg(50, "192.0.2.0/24");
+        let second = Image::build_cached(&weights, &none, &mut cache);
+        assert_eq!(second, Image::build(&weights, &none));
+        assert_ne!(table_of(&second, 1), table_of(&first, 1));
+        assert!(Arc::ptr_eq(table_of(&second, 2), table_of(&first, 2)));
+        let acl = cfg(50, "198.51.100.0/24");
+        assert_eq!(
+            Image::build_cached(&acl, &none, &mut cache),
+            Image::build(&acl, &none)
+        );
+        let down = BTreeSet::from([BackendAddr("10.1.2.1:8080".parse().unwrap())]);
+        let third = Image::build_cached(&acl, &down, &mut cache);
+        assert_eq!(third, Image::build(&acl, &down));
+        assert_eq!(
+            table_of(&third, 2)
+                .iter()
+                .filter(|e| e.backend == BackendAddr("10.1.2.1:8080".parse().unwrap()))
+                .count(),
+            0
+        );
     }
 }

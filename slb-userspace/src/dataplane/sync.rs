@@ -457,7 +457,7 @@ impl Sync {
             let table: Vec<SlabEntry> = li
                 .table
                 .iter()
-                .chain(&li.members)
+                .chain(li.members.iter())
                 .map(|e| SlabEntry {
                     backend: self.backend_slots[&e.backend],
                     weight: e.weight,
