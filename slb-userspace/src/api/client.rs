@@ -80,12 +80,31 @@ impl Client {
         self.call_as("POST", action, params).await
     }
 
+    /// A connection kept open across calls (HTTP keep-alive), as SDK clients pool them.
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            client: self,
+            sender: None,
+        }
+    }
+
     async fn call_as(
         &self,
         method: &str,
         action: &str,
         params: &[(&str, &str)],
     ) -> Result<(u16, Value), ClientError> {
+        let (path, headers, body) = self.signed(method, action, params);
+        self.send(method, &path, headers, body).await
+    }
+
+    /// The signed request: path and query, headers, body.
+    fn signed(
+        &self,
+        method: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> (String, Vec<(String, String)>, Bytes) {
         let mut all: Vec<(String, String)> = vec![
             ("Action".into(), action.into()),
             ("Version".into(), super::VERSION.into()),
@@ -101,18 +120,17 @@ impl Client {
             .collect::<Vec<_>>()
             .join("&");
         if method == "GET" {
-            self.send("GET", &format!("/?{encoded}"), Vec::new(), Bytes::new())
-                .await
+            (format!("/?{encoded}"), Vec::new(), Bytes::new())
         } else {
             let form = vec![(
                 "content-type".to_string(),
                 "application/x-www-form-urlencoded".to_string(),
             )];
-            self.send(method, "/", form, Bytes::from(encoded)).await
+            ("/".to_string(), form, Bytes::from(encoded))
         }
     }
 
-    /// Sends one raw request (the malformed-input tests build their own).
+    /// Sends one raw request on a new connection (the malformed-input tests build their own).
     pub async fn send(
         &self,
         method: &str,
@@ -120,12 +138,17 @@ impl Client {
         headers: Vec<(String, String)>,
         body: Bytes,
     ) -> Result<(u16, Value), ClientError> {
+        let mut sender = self.connect().await?;
+        request(&mut sender, self.addr, method, path_and_query, headers, body).await
+    }
+
+    async fn connect(&self) -> Result<Sender, ClientError> {
         let addr = self.addr;
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
         let Some(connector) = &self.tls else {
-            return exchange(stream, addr, method, path_and_query, headers, body).await;
+            return handshake(stream, addr).await;
         };
         let setup = |source| ClientError::TlsSetup { source };
         let ssl = connector
@@ -137,23 +160,58 @@ impl Client {
             .connect()
             .await
             .map_err(|source| ClientError::TlsHandshake { addr, source })?;
-        exchange(tls, addr, method, path_and_query, headers, body).await
+        handshake(tls, addr).await
     }
 }
 
-/// One HTTP/1.1 request and its JSON response over `stream`.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Calls over one kept-alive connection, reopened when the server closed it.
+pub struct Session<'c> {
+    client: &'c Client,
+    sender: Option<Sender>,
+}
+
+impl Session<'_> {
+    /// As [`Client::call`].
+    pub async fn call(
+        &mut self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, Value), ClientError> {
+        let (path, headers, body) = self.client.signed("GET", action, params);
+        let mut sender = match self.sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => self.client.connect().await?,
+        };
+        let r = request(&mut sender, self.client.addr, "GET", &path, headers, body).await;
+        if r.is_ok() {
+            self.sender = Some(sender);
+        }
+        r
+    }
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
+    addr: SocketAddr,
+) -> Result<Sender, ClientError> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ClientError::Http { addr, source })?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One HTTP/1.1 request and its JSON response.
+async fn request(
+    sender: &mut Sender,
     addr: SocketAddr,
     method: &str,
     path_and_query: &str,
     headers: Vec<(String, String)>,
     body: Bytes,
 ) -> Result<(u16, Value), ClientError> {
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ClientError::Http { addr, source })?;
-    tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path_and_query)
@@ -164,7 +222,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let req = req
         .body(Full::new(body))
         .map_err(|source| ClientError::Request { source })?;
-    let resp = tx
+    sender
+        .ready()
+        .await
+        .map_err(|source| ClientError::Http { addr, source })?;
+    let resp = sender
         .send_request(req)
         .await
         .map_err(|source| ClientError::Http { addr, source })?;
