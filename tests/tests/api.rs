@@ -1331,6 +1331,11 @@ const DOCUMENTED: &[&str] = &[
     "ListenerAlreadyExists",
     "UnsupportedOperationonfixedprotocalport",
     "InvalidParameter.VServerGroupId",
+    // §6 (S1): ACL errors; §11 (S1): rules on a TCP/UDP listener.
+    "AclNotExist",
+    "Duplicated.AclEntry",
+    "IpVersionConflict",
+    "ListenerNotSupportRule",
 ];
 
 struct Rng(u64);
@@ -1372,6 +1377,8 @@ async fn snapshot(t: &mut TestApi, lb: &str) -> Vec<Value> {
         ),
         ("DescribeVServerGroups", vec![("LoadBalancerId", lb)]),
         ("DescribeTags", vec![]),
+        // Every resource, rules and ACL entries included.
+        ("ExportConfiguration", vec![]),
     ] {
         let mut v = t.ok(action, &params).await;
         v.as_object_mut().unwrap().remove("RequestId");
@@ -1388,6 +1395,30 @@ async fn malformed_requests_get_documented_4xx_and_change_nothing() {
     let mut t = TestApi::start("malformed").await.unwrap();
     let id = lb(&mut t).await;
     tcp_listener(&mut t, &id, "80", &[]).await;
+    let acl = t.ok("CreateAccessControlList", &[("AclName", "a")]).await;
+    let acl = acl["AclId"].as_str().unwrap().to_string();
+    let g = t
+        .ok(
+            "CreateVServerGroup",
+            &[("LoadBalancerId", &id), ("VServerGroupName", "g")],
+        )
+        .await;
+    let gid = g["VServerGroupId"].as_str().unwrap().to_string();
+    t.ok(
+        "CreateLoadBalancerHTTPListener",
+        &[
+            ("LoadBalancerId", &id),
+            ("ListenerPort", "8080"),
+            ("VServerGroupId", &gid),
+            ("Bandwidth", "-1"),
+            ("StickySession", "off"),
+            ("HealthCheck", "off"),
+        ],
+    )
+    .await;
+    let rules = format!(r#"[{{"RuleName":"r","Url":"/a","VServerGroupId":"{gid}"}}]"#);
+    let exported = t.ok("ExportConfiguration", &[]).await;
+    let exported = exported["Configuration"].as_str().unwrap().to_string();
     let before = snapshot(&mut t, &id).await;
     let servers = r#"[{"ServerId":"10.66.1.9","Port":80}]"#;
     // (action, valid parameters, required names, numeric names, list names)
@@ -1477,6 +1508,34 @@ async fn malformed_requests_get_documented_4xx_and_change_nothing() {
             "SetLoadBalancerStatus",
             vec![("LoadBalancerId", &id), ("LoadBalancerStatus", "inactive")],
             vec!["LoadBalancerId", "LoadBalancerStatus"],
+            vec![],
+            vec![],
+        ),
+        (
+            "AddAccessControlListEntry",
+            vec![
+                ("AclId", &acl),
+                ("AclEntrys", r#"[{"entry":"10.1.0.0/16"}]"#),
+            ],
+            vec!["AclId", "AclEntrys"],
+            vec![],
+            vec!["AclEntrys"],
+        ),
+        (
+            "CreateRules",
+            vec![
+                ("LoadBalancerId", &id),
+                ("ListenerPort", "8080"),
+                ("RuleList", &rules),
+            ],
+            vec!["LoadBalancerId", "ListenerPort", "RuleList"],
+            vec!["ListenerPort"],
+            vec!["RuleList"],
+        ),
+        (
+            "ApplyConfiguration",
+            vec![("Configuration", &exported), ("DryRun", "false")],
+            vec!["Configuration"],
             vec![],
             vec![],
         ),

@@ -139,7 +139,15 @@ impl Client {
         body: Bytes,
     ) -> Result<(u16, Value), ClientError> {
         let mut sender = self.connect().await?;
-        request(&mut sender, self.addr, method, path_and_query, headers, body).await
+        request(
+            &mut sender,
+            self.addr,
+            method,
+            path_and_query,
+            headers,
+            body,
+        )
+        .await
     }
 
     async fn connect(&self) -> Result<Sender, ClientError> {
