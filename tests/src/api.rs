@@ -1,7 +1,11 @@
 //! An in-process API server on loopback with a fresh state store, for the API tests. The data
 //! plane is played by [`TestApi::settle`]: it acknowledges every published generation, which
 //! completes listener transitions exactly as the agent's programming loop does.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde_json::Value;
 use slb::api::{
@@ -152,4 +156,39 @@ pub fn slb_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// Runs `openssl ARGS` in `dir` (test certificates); panics if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let ok = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl {args:?}");
+}
+
+/// Starts `slb serve --config CONFIG` and waits for its `slb ready` line, which it returns.
+pub fn start_agent(config: &Path) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(slb_binary()?)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("agent stdout"))?;
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    if !line.starts_with("slb ready") {
+        let _ = child.kill();
+        anyhow::bail!("agent did not start: {line:?}");
+    }
+    Ok((child, line))
 }

@@ -9,6 +9,12 @@
 //! expected packet written this way checks the program's incremental checksum updates.
 pub mod api;
 
+/// Privileged tests (BPF, namespaces) skip, saying why, when this is false.
+pub fn is_root() -> bool {
+    // SAFETY: plain libc call.
+    unsafe { libc::geteuid() == 0 }
+}
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

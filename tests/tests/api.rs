@@ -2,7 +2,7 @@
 //! its documented errors, range boundaries inside and outside, and the state after each call.
 //! Test names cite the rule (slb-behaviour.md) or spec section (slb-api.md) they prove.
 use serde_json::Value;
-use tests::api::{TestApi, REGION};
+use tests::api::{openssl, TestApi, REGION};
 
 async fn lb(t: &mut TestApi) -> String {
     let r = t
@@ -1001,23 +1001,13 @@ async fn tags_b15() {
     .await;
 }
 
-fn openssl(args: &[&str], dir: &std::path::Path) {
-    let ok = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
 #[tokio::test]
 async fn certificates_b10_4_b10_5_b10_6() {
     let mut t = TestApi::start("certs").await.unwrap();
     let dir = t.dir.join("pem");
     std::fs::create_dir_all(&dir).unwrap();
     openssl(
+        &dir,
         &[
             "req",
             "-x509",
@@ -1033,9 +1023,9 @@ async fn certificates_b10_4_b10_5_b10_6() {
             "-subj",
             "/CN=www.example.com",
         ],
-        &dir,
     );
     openssl(
+        &dir,
         &[
             "req",
             "-x509",
@@ -1051,13 +1041,12 @@ async fn certificates_b10_4_b10_5_b10_6() {
             "-subj",
             "/CN=other",
         ],
-        &dir,
     );
     openssl(
+        &dir,
         &[
             "pkey", "-in", "k.pem", "-aes256", "-passout", "pass:x", "-out", "enc.pem",
         ],
-        &dir,
     );
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let (cert, key, key2, enc) = (

@@ -2,7 +2,7 @@
 //! (§12, B10.14–B10.20) through the API on loopback with a real store: happy paths, documented
 //! errors, limits inside and outside, and the state after each call (and after a restart).
 use serde_json::Value;
-use tests::api::TestApi;
+use tests::api::{openssl, TestApi};
 
 fn list<'a>(v: &'a Value, outer: &str, inner: &str) -> &'a Vec<Value> {
     v[outer][inner]
@@ -482,23 +482,13 @@ async fn forwarding_rules_b11_1_to_b11_3() {
     .await;
 }
 
-fn openssl(args: &[&str], dir: &std::path::Path) {
-    let ok = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
 /// Uploads a self-signed certificate for `cn` and returns its id.
 async fn certificate(t: &mut TestApi, cn: &str) -> String {
     let dir = t.dir.join("pem");
     std::fs::create_dir_all(&dir).unwrap();
     let subj = format!("/CN={cn}");
     openssl(
+        &dir,
         &[
             "req",
             "-x509",
@@ -516,7 +506,6 @@ async fn certificate(t: &mut TestApi, cn: &str) -> String {
             "-subj",
             &subj,
         ],
-        &dir,
     );
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let up = t

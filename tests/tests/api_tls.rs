@@ -2,29 +2,12 @@
 //! serves its API over TLS only; `slb call` / `slb export` with `--tls-ca` verify the server's
 //! certificate (including that it names the address called); a plain-HTTP client, an untrusted
 //! CA and a mismatched key are refused.
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use tests::api::slb_binary;
+use tests::api::{openssl, slb_binary, start_agent};
 
 const PORT: u16 = 18_669;
-
-fn is_root() -> bool {
-    // SAFETY: plain libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
 
 /// A CA (`NAME-ca.pem`) and a server certificate it signed for IP 127.0.0.1.
 fn pki(dir: &Path, name: &str) {
@@ -105,7 +88,7 @@ fn slb(dir: &Path, command: &[&str], ca: Option<&Path>, params: &[&str]) -> Outp
 
 #[test]
 fn api_over_tls() {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: the agent loads its XDP program, which needs root");
         return;
     }
@@ -148,18 +131,7 @@ fn api_over_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("other.key"), "{err}");
 
-    let mut agent = Command::new(slb_binary().unwrap())
-        .args(["serve", "--config"])
-        .arg(config("good.key"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(agent.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut agent, line) = start_agent(&config("good.key")).unwrap();
     let result = std::panic::catch_unwind(|| {
         assert!(
             line.starts_with(&format!("slb ready: API on https://127.0.0.1:{PORT}")),

@@ -1,45 +1,18 @@
 //! Crash safety of the state store: `slb serve` is killed with SIGKILL at random points while
 //! a client streams mutations; after every restart each acknowledged change is present and the
 //! store loads (the agent would refuse an inconsistent one).
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use slb::api::client::Client;
-use tests::api::slb_binary;
+use tests::api::start_agent;
 
 const ROUNDS: u32 = 12;
 const PORT: u16 = 18_668;
 
-fn is_root() -> bool {
-    // SAFETY: plain libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn start(config: &std::path::Path) -> anyhow::Result<Child> {
-    let mut child = Command::new(slb_binary()?)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    if !line.starts_with("slb ready") {
-        let _ = child.kill();
-        bail!("agent did not start: {line:?}");
-    }
-    Ok(child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_mutations_loses_no_acknowledged_change() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: the agent loads its XDP program, which needs root");
         return Ok(());
     }
@@ -71,7 +44,7 @@ async fn kill_9_during_mutations_loses_no_acknowledged_change() -> anyhow::Resul
     let mut acked: Vec<String> = Vec::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for round in 0..ROUNDS {
-        let mut agent = start(&config)?;
+        let mut agent = start_agent(&config)?.0;
         // Everything acknowledged so far is there.
         let (s, all) = client
             .call("DescribeLoadBalancers", &[("RegionId", "local")])
@@ -123,7 +96,7 @@ async fn kill_9_during_mutations_loses_no_acknowledged_change() -> anyhow::Resul
         );
         acked.extend(done);
     }
-    let agent = start(&config);
+    let agent = start_agent(&config).map(|(child, _)| child);
     let mut agent = agent?;
     let (_, all) = client
         .call("DescribeLoadBalancers", &[("RegionId", "local")])

@@ -12,11 +12,6 @@ use anyhow::{anyhow, Context as _};
 use slb::{agent::Agent, config};
 use xtask::lab::{in_netns, spawn_tcp_service, spawn_udp_service, Lab, Service};
 
-fn is_root() -> bool {
-    // SAFETY: plain libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A lab with services on every backend (TCP 8080, UDP 5353).
 struct Env {
     lab: Lab,
@@ -181,7 +176,7 @@ fn tcp_listener(port_line: &str, extra: &str) -> String {
 /// backend sees the client's own address. UDP too (B12.1).
 #[test]
 fn tcp_and_udp_through_xdp_split_by_weight() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }
@@ -232,7 +227,7 @@ fn tcp_and_udp_through_xdp_split_by_weight() -> anyhow::Result<()> {
 /// the sources that were on it (plus a small churn).
 #[test]
 fn source_hash_is_sticky_and_consistent() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }
@@ -294,7 +289,7 @@ fn source_hash_is_sticky_and_consistent() -> anyhow::Result<()> {
 /// forwards again.
 #[test]
 fn stopped_listener_and_inactive_instance_forward_nothing() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }
@@ -328,7 +323,7 @@ fn stopped_listener_and_inactive_instance_forward_nothing() -> anyhow::Result<()
 /// agent adopted the pinned maps and swapped the program behind the pinned links.
 #[test]
 fn agent_restart_keeps_open_connections() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }
@@ -376,7 +371,7 @@ fn agent_restart_keeps_open_connections() -> anyhow::Result<()> {
 /// own IPv6 address and every connection is answered.
 #[test]
 fn ipv6_tcp_through_xdp() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }
@@ -431,7 +426,7 @@ fn ipv6_tcp_through_xdp() -> anyhow::Result<()> {
 /// the client and to the backend, and its flow is forgotten.
 #[test]
 fn idle_established_flow_is_reset_on_both_ends() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }

@@ -263,14 +263,9 @@ fn ports(t: &etherparse::TransportSlice) -> (u16, u16, u8) {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: plain libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn packet_fixtures() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: BPF_PROG_TEST_RUN and network namespaces need root");
         return Ok(());
     }

@@ -22,11 +22,6 @@ const LAB: u8 = 67;
 const API_PORT: u16 = 18_667;
 const REGION: &str = "cn-sdk";
 
-fn is_root() -> bool {
-    // SAFETY: plain libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn sdk_python() -> anyhow::Result<PathBuf> {
     let home = std::env::var("HOME").context("HOME")?;
     let py = PathBuf::from(home).join(".cache/slb/venv/bin/python");
@@ -120,7 +115,7 @@ fn tcp_refused(lab: &Lab, vip: IpAddr) -> anyhow::Result<bool> {
 
 #[test]
 fn official_and_legacy_sdks_drive_the_xdp_path() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
     }

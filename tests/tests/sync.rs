@@ -15,11 +15,6 @@ use slb::{
 };
 use tests::{build, decode_verified};
 
-fn is_root() -> bool {
-    // SAFETY: plain libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Runs `f` on a fresh thread: `Harness::new` moves its thread into a private namespace.
 fn on_thread<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
@@ -63,7 +58,7 @@ PersistenceTimeout = {persistence}
 /// members, weights or health.
 #[test]
 fn reload_writes_only_the_difference() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: BPF maps need root");
         return Ok(());
     }
@@ -101,7 +96,7 @@ fn reload_writes_only_the_difference() -> anyhow::Result<()> {
 /// Table pressure evicts the oldest flows; the newest flows keep their backends.
 #[test]
 fn flow_table_pressure_keeps_recent_flows() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: BPF maps need root");
         return Ok(());
     }
@@ -212,7 +207,7 @@ fn maglev_tables_identical_across_processes() -> anyhow::Result<()> {
 /// in place and forwarding (B4.1: an instance's listeners share its default group).
 #[test]
 fn identical_tables_share_one_slab_region() -> anyhow::Result<()> {
-    if !is_root() {
+    if !tests::is_root() {
         eprintln!("skipped: BPF maps need root");
         return Ok(());
     }
