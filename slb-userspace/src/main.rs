@@ -300,8 +300,9 @@ fn call_cmd(action: &str, api: &ApiArgs, params: &[String]) -> anyhow::Result<()
 /// Validates FILE here first (errors name this file's lines), then lets the agent validate
 /// and apply it against its state.
 fn apply_cmd(file: &Path, dry_run: bool, api: &ApiArgs) -> anyhow::Result<()> {
-    config::load(file)?;
-    let text = std::fs::read_to_string(file)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    config::parse(&text, &file.display().to_string())?;
     let dry = if dry_run { "true" } else { "false" };
     let body = api.call(
         "ApplyConfiguration",

@@ -69,10 +69,10 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
             .context("installing the Ctrl-C handler")?;
     }
     let config = ws.root.join(DEMO_CONFIG);
-    let pins = OwnedDir(PathBuf::from(setting(&config, "Agent", "PinPath")?));
+    let (pin_path, keys) = demo_paths(&config)?;
+    let pins = OwnedDir(pin_path);
     // A crashed earlier demo may have left pinned maps that the agent would pick up again.
     pins.remove()?;
-    let keys = PathBuf::from(setting(&config, "Api", "KeysFile")?);
     let state = OwnedDir(
         keys.parent()
             .context("KeysFile has a directory")?
@@ -231,19 +231,22 @@ fn start_services(lab: &Lab) -> Result<Vec<Service>> {
     Ok(services)
 }
 
-/// A string setting of the demo config (`Agent.PinPath`, `Api.KeysFile`): what the demo
-/// prepares and removes follows the file.
-fn setting(config: &Path, section: &str, key: &str) -> Result<String> {
+/// The paths in the demo config that the demo prepares and removes: `Agent.PinPath` and
+/// `Api.KeysFile`.
+fn demo_paths(config: &Path) -> Result<(PathBuf, PathBuf)> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
-    table
-        .get(section)
-        .and_then(|s| s.get(key))
-        .and_then(toml::Value::as_str)
-        .map(str::to_string)
-        .with_context(|| format!("{} sets no {section}.{key}", config.display()))
+    let path = |section: &str, key: &str| {
+        table
+            .get(section)
+            .and_then(|s| s.get(key))
+            .and_then(toml::Value::as_str)
+            .map(PathBuf::from)
+            .with_context(|| format!("{} sets no {section}.{key}", config.display()))
+    };
+    Ok((path("Agent", "PinPath")?, path("Api", "KeysFile")?))
 }
 
 /// A directory the demo owns (bpffs pins, the API's key and store), removed at start and end.

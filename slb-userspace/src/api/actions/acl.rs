@@ -109,12 +109,7 @@ pub fn add_access_control_list_entry(
     let entries = entry_list(p)?;
     let idx = acl_index(ctx.model, &acl_id)?;
     let mut m = export::acl(&ctx.model.acls[idx]);
-    let mut list = match m.remove("AclEntrys") {
-        Some(PValue::List(l)) => l,
-        _ => Vec::new(),
-    };
-    list.extend(entries);
-    m.set("AclEntrys", PValue::List(list));
+    push_list(&mut m, "AclEntrys", entries);
     store_acl(ctx, Some(idx), m)?;
     // The data plane's LPM maps hold every ACL's entries.
     let total: usize = ctx.model.acls.iter().map(|a| a.entries.len()).sum();

@@ -3,6 +3,8 @@
 //! the same `check_*` functions as a configuration file and as every API action, and the result
 //! replaces the resources in one committed transaction.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{json, Value};
 
 use super::*;
@@ -18,7 +20,7 @@ pub fn export_configuration(ctx: &mut Ctx, _p: &mut ParamMap) -> Result<Response
 
 fn config_error(e: ConfigError) -> ApiError {
     match e {
-        ConfigError::Invalid { errors } => {
+        ConfigError::Invalid { errors } if !errors.is_empty() => {
             let first = &errors[0].issue;
             let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             ApiError::new(
@@ -111,109 +113,102 @@ fn fields(old: &ParamMap, new: &ParamMap, skip: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Plan lines for one kind of resource, matched by `key` in the order of `old` then the new
+/// ones: `+ label`, `- label`, or `~ label: changes` with the parameters that differ.
+fn diff_each<'a, T: 'a>(
+    out: &mut Vec<String>,
+    old: impl IntoIterator<Item = &'a T>,
+    new: impl IntoIterator<Item = &'a T>,
+    key: impl Fn(&T) -> String,
+    label: impl Fn(&T) -> String,
+    params: impl Fn(&T) -> ParamMap,
+    skip: &[&str],
+) {
+    let old: Vec<(String, &T)> = old.into_iter().map(|x| (key(x), x)).collect();
+    let new: Vec<(String, &T)> = new.into_iter().map(|x| (key(x), x)).collect();
+    let new_by_key: HashMap<&str, &T> = new.iter().map(|(k, x)| (k.as_str(), *x)).collect();
+    let old_keys: HashSet<&str> = old.iter().map(|(k, _)| k.as_str()).collect();
+    for (k, o) in &old {
+        match new_by_key.get(k.as_str()) {
+            None => out.push(format!("- {}", label(o))),
+            Some(n) => {
+                let f = fields(&params(o), &params(n), skip);
+                if !f.is_empty() {
+                    out.push(format!("~ {}: {}", label(n), f.join(", ")));
+                }
+            }
+        }
+    }
+    for (_, n) in new.iter().filter(|(k, _)| !old_keys.contains(k.as_str())) {
+        out.push(format!("+ {}", label(n)));
+    }
+}
+
 /// What turning `old` into `new` does, one line per resource, parameter-level for changes.
 fn plan(old: &Model, new: &Model) -> Vec<String> {
     let mut out = Vec::new();
-    let mut diff =
-        |what: &str, o: Option<ParamMap>, n: Option<ParamMap>, skip: &[&str]| match (o, n) {
-            (None, Some(_)) => out.push(format!("+ {what}")),
-            (Some(_), None) => out.push(format!("- {what}")),
-            (Some(o), Some(n)) => {
-                let f = fields(&o, &n, skip);
-                if !f.is_empty() {
-                    out.push(format!("~ {what}: {}", f.join(", ")));
-                }
-            }
-            (None, None) => {}
-        };
-    let ids = |a: Vec<String>, b: Vec<String>| {
-        let mut all = a;
-        for x in b {
-            if !all.contains(&x) {
-                all.push(x);
-            }
-        }
-        all
+    let servers = |m: &Model| -> Vec<(String, IpAddr)> {
+        m.servers.iter().map(|(k, a)| (k.clone(), *a)).collect()
     };
-    for id in ids(
-        old.servers.keys().cloned().collect(),
-        new.servers.keys().cloned().collect(),
-    ) {
-        let get = |m: &Model| m.servers.get(&id).map(|a| export::server(&id, *a));
-        diff(&format!("server {id}"), get(old), get(new), &[]);
-    }
-    let acl_ids = |m: &Model| m.acls.iter().map(|a| a.acl_id.clone()).collect();
-    for id in ids(acl_ids(old), acl_ids(new)) {
-        let get = |m: &Model| m.acls.iter().find(|a| a.acl_id == id).map(export::acl);
-        diff(&format!("acl {id}"), get(old), get(new), &[]);
-    }
-    for id in ids(
-        old.lbs.keys().cloned().collect(),
-        new.lbs.keys().cloned().collect(),
-    ) {
-        let (o, n) = (old.lbs.get(&id), new.lbs.get(&id));
-        const NESTED: &[&str] = &["VServerGroups", "MasterSlaveServerGroups", "Listeners"];
-        diff(
-            &format!("load balancer {id}"),
-            o.map(export::load_balancer),
-            n.map(export::load_balancer),
-            NESTED,
+    diff_each(
+        &mut out,
+        &servers(old),
+        &servers(new),
+        |s| s.0.clone(),
+        |s| format!("server {}", s.0),
+        |s| export::server(&s.0, s.1),
+        &[],
+    );
+    diff_each(
+        &mut out,
+        &old.acls,
+        &new.acls,
+        |a| a.acl_id.clone(),
+        |a| format!("acl {}", a.acl_id),
+        export::acl,
+        &[],
+    );
+    let added = new.lbs.keys().filter(|k| !old.lbs.contains_key(*k));
+    for id in old.lbs.keys().chain(added) {
+        let (o, n) = (old.lbs.get(id), new.lbs.get(id));
+        diff_each(
+            &mut out,
+            o,
+            n,
+            |lb| lb.load_balancer_id.clone(),
+            |_| format!("load balancer {id}"),
+            export::load_balancer,
+            &["VServerGroups", "MasterSlaveServerGroups", "Listeners"],
         );
-        if n.is_none() {
-            continue; // B2.4: deleting the instance deletes what it holds
-        }
-        let vsg = |lb: Option<&LoadBalancer>| {
-            lb.iter()
-                .flat_map(|lb| &lb.vserver_groups)
-                .map(|g| g.vserver_group_id.clone())
-                .collect()
-        };
-        for g in ids(vsg(o), vsg(n)) {
-            let get = |lb: Option<&LoadBalancer>| {
-                lb?.vserver_groups
-                    .iter()
-                    .find(|x| x.vserver_group_id == g)
-                    .map(export::vserver_group)
-            };
-            diff(&format!("vserver group {id}/{g}"), get(o), get(n), &[]);
-        }
-        let ms = |lb: Option<&LoadBalancer>| {
-            lb.iter()
-                .flat_map(|lb| &lb.master_slave_groups)
-                .map(|g| g.master_slave_server_group_id.clone())
-                .collect()
-        };
-        for g in ids(ms(o), ms(n)) {
-            let get = |lb: Option<&LoadBalancer>| {
-                lb?.master_slave_groups
-                    .iter()
-                    .find(|x| x.master_slave_server_group_id == g)
-                    .map(export::master_slave_group)
-            };
-            diff(&format!("master/slave group {id}/{g}"), get(o), get(n), &[]);
-        }
-        let ports = |lb: Option<&LoadBalancer>| {
-            lb.iter()
-                .flat_map(|lb| &lb.listeners)
-                .map(|l| l.listener_port.to_string())
-                .collect()
-        };
-        for port in ids(ports(o), ports(n)) {
-            let get = |lb: Option<&LoadBalancer>| {
-                lb?.listeners
-                    .iter()
-                    .find(|l| l.listener_port.to_string() == port)
-                    .map(|l| (l.protocol.as_str(), export::listener(l)))
-            };
-            let (a, b) = (get(o), get(n));
-            let proto = b.as_ref().or(a.as_ref()).map_or("", |(p, _)| *p);
-            diff(
-                &format!("listener {id} {proto}:{port}"),
-                a.map(|(_, m)| m),
-                b.map(|(_, m)| m),
-                &[],
-            );
-        }
+        // B2.4: deleting the instance deletes what it holds.
+        let Some(n) = n else { continue };
+        diff_each(
+            &mut out,
+            o.iter().flat_map(|o| &o.vserver_groups),
+            &n.vserver_groups,
+            |g| g.vserver_group_id.clone(),
+            |g| format!("vserver group {id}/{}", g.vserver_group_id),
+            export::vserver_group,
+            &[],
+        );
+        diff_each(
+            &mut out,
+            o.iter().flat_map(|o| &o.master_slave_groups),
+            &n.master_slave_groups,
+            |g| g.master_slave_server_group_id.clone(),
+            |g| format!("master/slave group {id}/{}", g.master_slave_server_group_id),
+            export::master_slave_group,
+            &[],
+        );
+        diff_each(
+            &mut out,
+            o.iter().flat_map(|o| &o.listeners),
+            &n.listeners,
+            |l| l.listener_port.to_string(),
+            |l| format!("listener {id} {}:{}", l.protocol.as_str(), l.listener_port),
+            export::listener,
+            &[],
+        );
     }
     out
 }

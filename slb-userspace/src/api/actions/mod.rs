@@ -68,6 +68,16 @@ fn wrap(singular: &str, items: Vec<Value>) -> Value {
     json!({ singular: items })
 }
 
+/// Appends `items` to the list parameter `name` of an exported object.
+fn push_list(m: &mut ParamMap, name: &str, items: Vec<ParamMap>) {
+    let mut list = match m.remove(name) {
+        Some(PValue::List(l)) => l,
+        _ => Vec::new(),
+    };
+    list.extend(items);
+    m.set(name, PValue::List(list));
+}
+
 fn issue(i: config::Issue) -> ApiError {
     ApiError::from_issues(std::slice::from_ref(&i))
 }

@@ -44,16 +44,6 @@ fn edit_listener(
     Ok(())
 }
 
-/// Appends `items` to the listener's list parameter `name`.
-fn push_list(m: &mut ParamMap, name: &str, items: Vec<ParamMap>) {
-    let mut list = match m.remove(name) {
-        Some(PValue::List(l)) => l,
-        _ => Vec::new(),
-    };
-    list.extend(items);
-    m.set(name, PValue::List(list));
-}
-
 /// Rewrites each element of the listener's list parameter `name`.
 fn map_list(m: &mut ParamMap, name: &str, f: impl Fn(ParamMap) -> Option<ParamMap>) {
     if let Some(PValue::List(l)) = m.remove(name) {
