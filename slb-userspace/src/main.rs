@@ -163,7 +163,7 @@ enum Cmd {
         action: String,
         #[command(flatten)]
         api: ApiArgs,
-        /// The action's parameters as `--Name value` pairs.
+        /// The action's parameters as `--Name value` pairs, after the options above.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         params: Vec<String>,
     },
