@@ -1182,6 +1182,36 @@ async fn certificates_b10_4_b10_5_b10_6() {
     assert_eq!(mode & 0o077, 0);
 }
 
+/// §1.1: HTTP/1.1 keep-alive, as SDK connection pools use it: many signed calls (each with its
+/// own nonce) on one connection, a change made on it visible to the next call.
+#[tokio::test]
+async fn calls_share_a_kept_alive_connection_s1_1() {
+    let t = TestApi::start("keepalive").await.unwrap();
+    let mut session = t.client.session();
+    let mut names = Vec::new();
+    for i in 0..20 {
+        let name = format!("k{i}");
+        let (s, b) = session
+            .call(
+                "CreateLoadBalancer",
+                &[("RegionId", REGION), ("LoadBalancerName", &name)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+        names.push(name);
+    }
+    let (s, all) = session
+        .call("DescribeLoadBalancers", &[("RegionId", REGION)])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{all}");
+    assert_eq!(
+        list(&all, "LoadBalancers", "LoadBalancer").len(),
+        names.len()
+    );
+}
+
 #[tokio::test]
 async fn signatures_protect_every_call_s1_3() {
     let mut t = TestApi::start("sign").await.unwrap();
