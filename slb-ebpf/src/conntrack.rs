@@ -1,12 +1,13 @@
 //! Connection tracking: a flow keeps its backend for its life (B4.8), TCP idle expiry after
-//! `EstablishedTimeout` (B12.3), UDP idle expiry (B4.16). LRU maps evict the oldest flows under
+//! `EstablishedTimeout` (B12.3), UDP idle expiry, and UDP flows leave a backend that fails its
+//! health check (B4.16). LRU maps evict the oldest flows under
 //! pressure; a live entry is never overwritten by another flow.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use slb_common::*;
 
 use crate::{
-    maps::{BACKEND_CONNS, FLOWS, REV_FLOWS},
+    maps::{BACKEND_CONNS, BACKEND_DOWN, FLOWS, REV_FLOWS},
     parse::{Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -80,7 +81,8 @@ fn track_client(e: &mut FlowEntry, pkt: &Pkt) {
 }
 
 /// Backend of a live flow, refreshing it; `None` when there is none or it expired. A new SYN on
-/// a closing or expired flow starts over.
+/// a closing or expired flow starts over, and so does a UDP flow whose backend is down: UDP has
+/// no connection to keep, and datagrams to a dead backend are lost (B4.16).
 #[inline(always)]
 pub fn lookup(k: &FlowKey, pkt: &Pkt, idle_timeout: u32, now: u64) -> Option<u32> {
     let e = FLOWS.get_ptr_mut(k)?;
@@ -90,7 +92,9 @@ pub fn lookup(k: &FlowKey, pkt: &Pkt, idle_timeout: u32, now: u64) -> Option<u32
     let restart = pkt.proto == PROTO_TCP
         && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
         && e.state & FS_CLOSING != 0;
-    if expired || restart {
+    let abandoned =
+        pkt.proto == PROTO_UDP && BACKEND_DOWN.get(e.backend).copied() == Some(BACKEND_IS_DOWN);
+    if expired || restart || abandoned {
         uncount(e);
         return None;
     }

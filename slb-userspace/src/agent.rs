@@ -20,8 +20,8 @@ pub struct Agent {
     rst: RstSender,
     pub sync: Sync,
     pub pin_dir: PathBuf,
-    /// Backends the health checker reported down; left out of rings and sequences.
-    pub down: BTreeSet<BackendAddr>,
+    /// Backends failing their health checks: flagged down and left out of rings and sequences.
+    down: BTreeSet<BackendAddr>,
     images: ImageCache,
 }
 
@@ -78,8 +78,31 @@ impl Agent {
 
     /// Applies a new configuration: only the difference reaches the maps.
     pub fn reload(&mut self, cfg: &Config) -> Result<SyncReport, DataplaneError> {
-        self.sync
-            .apply(&Image::build_cached(cfg, &self.down, &mut self.images))
+        self.program(cfg, self.down.clone())
+    }
+
+    /// Programs `cfg` with the `down` backends out of new-flow selection (B4.15).
+    pub fn program(
+        &mut self,
+        cfg: &Config,
+        down: BTreeSet<BackendAddr>,
+    ) -> Result<SyncReport, DataplaneError> {
+        // The kernel skips a flagged backend at once; the tables without it follow.
+        for b in down.difference(&self.down) {
+            self.sync.set_down(b, true)?;
+        }
+        let report = self
+            .sync
+            .apply(&Image::build_cached(cfg, &down, &mut self.images))?;
+        for b in self.down.difference(&down) {
+            self.sync.set_down(b, false)?;
+        }
+        // A backend new to the maps starts unflagged.
+        for b in &down {
+            self.sync.set_down(b, true)?;
+        }
+        self.down = down;
+        Ok(report)
     }
 
     /// Closes established TCP flows idle past their `EstablishedTimeout` with a RST to both

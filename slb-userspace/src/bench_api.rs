@@ -162,7 +162,14 @@ pub fn run() -> anyhow::Result<Report> {
         vip_pool: vec!["10.201.0.0/16".parse().context("pool")?],
     };
     let (applied_tx, applied_rx) = watch::channel(0u64);
-    let (api, mut published) = Api::new(state, settings, cfg.agent.clone(), applied_rx);
+    let (api, mut published) = Api::new(
+        state,
+        settings,
+        cfg.agent.clone(),
+        applied_rx,
+        // No checks run here: every member reads `unavailable`.
+        crate::health::Engine::new().status(),
+    );
     let api = Arc::new(api);
     let first = published.borrow_and_update().clone();
     let t = Instant::now();

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod bench_api;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod replay;
 pub mod simulate;
 pub mod stats;

@@ -12,6 +12,7 @@ use slb::{
     agent::Agent,
     api, config,
     dataplane::{image::Image, loader, maps::Maps},
+    health,
     replay::{self, Harness, Ingress},
     simulate, stats,
 };
@@ -167,6 +168,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         params: Vec<String>,
     },
+    /// Health of every checked member of a running agent's instances (DescribeHealthStatus):
+    /// normal, abnormal or unavailable (no check runs for it).
+    Health {
+        /// Only this instance.
+        #[arg(long)]
+        load_balancer_id: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print a running agent's resources as a configuration file that `slb apply` accepts.
     Export {
         #[command(flatten)]
@@ -245,6 +255,10 @@ fn main() -> anyhow::Result<()> {
             api,
             params,
         } => call_cmd(&action, &api, &params),
+        Cmd::Health {
+            load_balancer_id,
+            api,
+        } => health_cmd(load_balancer_id, &api),
         Cmd::Export { api } => {
             let body = api.call("ExportConfiguration", &[])?;
             print!("{}", body["Configuration"].as_str().unwrap_or(""));
@@ -297,6 +311,55 @@ fn call_cmd(action: &str, api: &ApiArgs, params: &[String]) -> anyhow::Result<()
     Ok(())
 }
 
+fn health_cmd(load_balancer_id: Option<String>, api: &ApiArgs) -> anyhow::Result<()> {
+    let ids = match load_balancer_id {
+        Some(id) => vec![id],
+        None => {
+            let body = api.call("DescribeLoadBalancers", &[("PageSize", "100")])?;
+            let total = body["TotalCount"].as_u64().unwrap_or(0);
+            let mut ids = Vec::new();
+            for page in 1..=total.div_ceil(100).max(1) {
+                let page = page.to_string();
+                let body = api.call(
+                    "DescribeLoadBalancers",
+                    &[("PageSize", "100"), ("PageNumber", &page)],
+                )?;
+                for lb in body["LoadBalancers"]["LoadBalancer"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    ids.extend(lb["LoadBalancerId"].as_str().map(String::from));
+                }
+            }
+            ids
+        }
+    };
+    println!("LoadBalancerId\tListener\tServerId\tBackend\tStatus");
+    for id in ids {
+        let body = api.call("DescribeHealthStatus", &[("LoadBalancerId", &id)])?;
+        for b in body["BackendServers"]["BackendServer"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let ip = b["ServerIp"].as_str().unwrap_or("");
+            let backend = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(_)) => format!("[{ip}]:{}", b["Port"]),
+                _ => format!("{ip}:{}", b["Port"]),
+            };
+            println!(
+                "{id}\t{}/{}\t{}\t{backend}\t{}",
+                b["Protocol"].as_str().unwrap_or(""),
+                b["ListenerPort"],
+                b["ServerId"].as_str().unwrap_or(""),
+                b["ServerHealthStatus"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Validates FILE here first (errors name this file's lines), then lets the agent validate
 /// and apply it against its state.
 fn apply_cmd(file: &Path, dry_run: bool, api: &ApiArgs) -> anyhow::Result<()> {
@@ -339,11 +402,18 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
         vip_pool: section.vip_pool.clone(),
     };
     let (applied_tx, applied_rx) = tokio::sync::watch::channel(0u64);
-    let (api, mut published) = api::Api::new(state, settings, cfg.agent.clone(), applied_rx);
+    let mut checks = health::Engine::new();
+    let (api, mut published) = api::Api::new(
+        state,
+        settings,
+        cfg.agent.clone(),
+        applied_rx,
+        checks.status(),
+    );
     let api = std::sync::Arc::new(api);
-    let first = published.borrow_and_update().clone();
-    let (mut agent, report) = Agent::start(&first.config)?;
-    applied_tx.send_replace(first.generation);
+    let mut current = published.borrow_and_update().clone();
+    let (mut agent, report) = Agent::start(&current.config)?;
+    applied_tx.send_replace(current.generation);
     log::info!("programmed: {report:?}");
     let verifier = std::sync::Arc::new(api::sign::Verifier::new(keys));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -352,6 +422,8 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
+        checks.apply(&current.config);
+        let mut flips = checks.status().flips();
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
             .with_context(|| format!("binding the API to {}", section.listen))?;
@@ -376,14 +448,18 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
                     if changed.is_err() {
                         break;
                     }
-                    let p = published.borrow_and_update().clone();
-                    match agent.reload(&p.config) {
+                    current = published.borrow_and_update().clone();
+                    checks.apply(&current.config);
+                    match agent.program(&current.config, checks.status().down()) {
                         Ok(r) => {
-                            log::info!("generation {} programmed: {r:?}", p.generation);
-                            applied_tx.send_replace(p.generation);
+                            log::info!("generation {} programmed: {r:?}", current.generation);
+                            applied_tx.send_replace(current.generation);
                         }
-                        Err(e) => log::error!("programming generation {} failed: {e}", p.generation),
+                        Err(e) => log::error!("programming generation {} failed: {e}", current.generation),
                     }
+                },
+                _ = flips.changed() => if let Err(e) = agent.program(&current.config, checks.status().down()) {
+                    log::error!("applying health check verdicts: {e}");
                 },
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -399,7 +475,7 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
 }
 
 fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result<()> {
-    let cfg = load_config(path, ifaces.clone(), mode)?;
+    let mut cfg = load_config(path, ifaces.clone(), mode)?;
     if let Some(section) = cfg.agent.api.clone() {
         return serve_api(cfg, section);
     }
@@ -420,6 +496,9 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
+        let mut checks = health::Engine::new();
+        checks.apply(&cfg);
+        let mut flips = checks.status().flips();
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -430,11 +509,18 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
                     log::error!("closing idle flows: {e}");
                 },
                 _ = hup.recv() => match load_config(path, ifaces.clone(), mode) {
-                    Ok(cfg) => match agent.reload(&cfg) {
-                        Ok(r) => log::info!("reloaded {}: {r:?}", path.display()),
-                        Err(e) => log::error!("reload failed, maps may be partly updated: {e}"),
-                    },
+                    Ok(new) => {
+                        cfg = new;
+                        checks.apply(&cfg);
+                        match agent.program(&cfg, checks.status().down()) {
+                            Ok(r) => log::info!("reloaded {}: {r:?}", path.display()),
+                            Err(e) => log::error!("reload failed, maps may be partly updated: {e}"),
+                        }
+                    }
                     Err(e) => log::error!("reload rejected, keeping the running configuration: {e:#}"),
+                },
+                _ = flips.changed() => if let Err(e) = agent.program(&cfg, checks.status().down()) {
+                    log::error!("applying health check verdicts: {e}");
                 },
                 _ = term.recv() => break,
                 _ = int.recv() => break,

@@ -55,7 +55,14 @@ impl TestApi {
         let store = Store::open(&dir.join("state.redb"))?;
         let state = State::open(store, None)?;
         let (applied, applied_rx) = watch::channel(0u64);
-        let (api, published) = Api::new(state, settings(), Default::default(), applied_rx);
+        let (api, published) = Api::new(
+            state,
+            settings(),
+            Default::default(),
+            applied_rx,
+            // No checks run here: every member reads `unavailable`.
+            slb::health::Engine::new().status(),
+        );
         let api = Arc::new(api);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;

@@ -295,6 +295,16 @@ async fn handle(
         );
         r
     };
+    // Prometheus scrapes without signing; the metrics name backends but change nothing.
+    if parts.method == hyper::Method::GET && parts.uri.path() == "/metrics" {
+        return reply(
+            200,
+            (
+                api.health().render_metrics(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+        );
+    }
     let error = |e: ApiError, f: Format| {
         let status = e.status;
         reply(status, render(f, "Error", error_body(&e, &host)))

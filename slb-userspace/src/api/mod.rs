@@ -175,6 +175,7 @@ pub struct Api {
     agent: config::Agent,
     publish: watch::Sender<Published>,
     applied: watch::Receiver<u64>,
+    health: Arc<crate::health::Status>,
 }
 
 impl Api {
@@ -184,6 +185,7 @@ impl Api {
         settings: Settings,
         agent: config::Agent,
         applied: watch::Receiver<u64>,
+        health: Arc<crate::health::Status>,
     ) -> (Api, watch::Receiver<Published>) {
         let first = Published {
             generation: state.generation,
@@ -197,9 +199,15 @@ impl Api {
                 agent,
                 publish,
                 applied,
+                health,
             },
             rx,
         )
+    }
+
+    /// Health check verdicts and counters (`GET /metrics`).
+    pub fn health(&self) -> &crate::health::Status {
+        &self.health
     }
 
     pub fn settings(&self) -> &Settings {
@@ -224,7 +232,10 @@ impl Api {
         st.settle(applied);
         let pending =
             |lb: &str, port: u16| st.pending.get(&(lb.to_string(), port)).map(|(t, _)| *t);
-        let health = |_: &str, _: u16, _: std::net::IpAddr, _: u16| None;
+        let health = |lb: &str, port: u16, ip: std::net::IpAddr, member_port: u16| {
+            self.health
+                .healthy(lb, port, std::net::SocketAddr::new(ip, member_port))
+        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

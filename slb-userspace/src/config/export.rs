@@ -54,7 +54,7 @@ pub fn tls_policy_name(p: TlsCipherPolicy) -> &'static str {
     }
 }
 
-fn http_code_name(c: HttpCodeClass) -> &'static str {
+pub fn http_code_name(c: HttpCodeClass) -> &'static str {
     match c {
         HttpCodeClass::Http2xx => "http_2xx",
         HttpCodeClass::Http3xx => "http_3xx",

@@ -291,7 +291,7 @@ pub struct HttpProbe {
     pub version: HealthCheckHttpVersion,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HttpCodeClass {
     Http2xx,
     Http3xx,
@@ -299,13 +299,13 @@ pub enum HttpCodeClass {
     Http5xx,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HealthCheckMethod {
     Head,
     Get,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HealthCheckHttpVersion {
     Http10,
     Http11,
