@@ -638,13 +638,19 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
              [Api]\nListen = \"127.0.0.1:{API_PORT}\"\nKeysFile = \"{}\"\nStatePath = \"{}\"\nVipPool = [\"{}/32\"]\n\n\
              [[LoadBalancers]]\nLoadBalancerId = \"lb-hc\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
              [[LoadBalancers.Listeners]]\nListenerProtocol = \"tcp\"\nListenerPort = 80\nBackendServerPort = 8080\nScheduler = \"rr\"\n\
+             HealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n\
+             [[LoadBalancers.MasterSlaveServerGroups]]\nMasterSlaveServerGroupId = \"rsp-ms\"\n\
+             MasterSlaveBackendServers = [ {{ ServerId = \"{}\", Port = 8080, ServerType = \"Master\" }}, {{ ServerId = \"{}\", Port = 8080, ServerType = \"Slave\" }} ]\n\
+             [[LoadBalancers.Listeners]]\nListenerProtocol = \"tcp\"\nListenerPort = 81\nMasterSlaveServerGroupId = \"rsp-ms\"\n\
              HealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n",
             ifaces.join(", "),
             keys.display(),
             dir.join("state.redb").display(),
             lab.vip_v4(),
             lab.vip_v4(),
-            servers.join(", ")
+            servers.join(", "),
+            lab.backends()[1].v4,
+            lab.backends()[2].v4,
         ),
     )?;
     let child = Command::new("nsenter")
@@ -682,6 +688,7 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
                 .as_array()
                 .into_iter()
                 .flatten()
+                .filter(|s| s["ListenerPort"] == 80)
                 .map(|s| {
                     (
                         s["ServerId"].as_str().unwrap_or("").to_string(),
@@ -704,6 +711,16 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
         health(lab.lb_ns().to_string())?,
         expect_health(["normal"; 3]),
         "B8.15"
+    );
+
+    let master_slave = || -> anyhow::Result<String> {
+        let vip = SocketAddr::new(IpAddr::V4(lab.vip_v4()), 81);
+        in_netns(&lab.client().ns, move || attempt(vip))?.map_err(|e| anyhow::anyhow!(e))
+    };
+    assert_eq!(
+        master_slave()?,
+        "b2",
+        "B4.6: the master while it is healthy"
     );
 
     // Long-lived connections to every backend, opened before anything fails.
@@ -747,6 +764,48 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
         expect_health(["normal", "abnormal", "normal"]),
         "B8.14 after the kill"
     );
+    assert_eq!(
+        master_slave()?,
+        "b3",
+        "B4.6: the slave while the master is down"
+    );
+    let b2 = lab.backends()[1].v4;
+    let metrics = in_netns(lab.lb_ns(), move || -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], API_PORT)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })??;
+    let row = format!(
+        "slb_backend_healthy{{load_balancer_id=\"lb-hc\",listener=\"tcp/80\",server_id=\"{b2}\",backend=\"{b2}:8080\",check=\"tcp {b2}:8080\"}} 0\n"
+    );
+    assert!(metrics.contains(&row), "{row} in {metrics}");
+    assert!(
+        metrics.contains(&format!("slb_health_flips_total{{load_balancer_id=\"lb-hc\",listener=\"tcp/80\",server_id=\"{b2}\"")),
+        "{metrics}"
+    );
+    let cli = Command::new("nsenter")
+        .arg(format!("--net={}", netns_path(lab.lb_ns()).display()))
+        .arg(slb_binary()?)
+        .args([
+            "health",
+            "--endpoint",
+            &format!("127.0.0.1:{API_PORT}"),
+            "--keys-file",
+        ])
+        .arg(&keys)
+        .output()?;
+    let table = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "slb health: {table}");
+    assert!(
+        table.contains(&format!("lb-hc\ttcp/80\t{b2}\t{b2}:8080\tabnormal\n")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("lb-hc\ttcp/81\t{b2}\t{b2}:8080\tabnormal\n")),
+        "{table}"
+    );
     let restarted = Instant::now();
     services[1] = Some(spawn_tcp_service(
         &lab.backends()[1].ns,
@@ -765,6 +824,11 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
         health(lab.lb_ns().to_string())?,
         expect_health(["normal"; 3]),
         "B8.14 after the restart"
+    );
+    assert_eq!(
+        master_slave()?,
+        "b2",
+        "B4.6: back to the master once it is healthy"
     );
 
     let before_kill: Vec<_> = log.iter().filter(|(t, _)| *t < killed).collect();
