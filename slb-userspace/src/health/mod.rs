@@ -198,7 +198,6 @@ pub struct CheckState {
     pub failures: u64,
     pub flips: u64,
     pub last_latency: Option<Duration>,
-    pub last_failure: Option<Failure>,
 }
 
 /// One probe result as the checker saw it, for whoever listens (tests, the benchmark).
@@ -290,9 +289,8 @@ impl Status {
         };
         state.probes += 1;
         state.last_latency = Some(latency);
-        if let Err(f) = &result {
+        if result.is_err() {
             state.failures += 1;
-            state.last_failure = Some(f.clone());
         }
         let flipped = state.verdict.observe(
             result.is_ok(),
@@ -307,13 +305,14 @@ impl Status {
             } else {
                 ("normal", "abnormal", check.unhealthy_threshold)
             };
-            let why = match &result {
-                Ok(()) => "passed".to_string(),
-                Err(f) => format!("failed, last: {f}"),
+            let last = match &result {
+                Ok(()) => String::new(),
+                Err(f) => format!(" (last: {f})"),
             };
+            let outcome = if verdict.healthy { "passed" } else { "failed" };
             for s in &state.subjects {
                 log::warn!(
-                    "health {s}: {from} -> {to}: {} check of {} {why} {n} times in a row",
+                    "health {s}: {from} -> {to} after {n} {outcome} {} checks of {}{last}",
                     check.probe.name(),
                     check.target
                 );
