@@ -16,6 +16,7 @@ pub mod bench_api;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod proxy;
 pub mod replay;
 pub mod simulate;
 pub mod stats;

@@ -12,7 +12,7 @@ use slb::{
     agent::Agent,
     api, config,
     dataplane::{image::Image, loader, maps::Maps},
-    health,
+    health, proxy,
     replay::{self, Harness, Ingress},
     simulate, stats,
 };
@@ -423,6 +423,8 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         checks.apply(&current.config);
+        let mut proxy = proxy::Proxy::new(checks.status());
+        serve_http(&mut proxy, &current.config);
         let mut flips = checks.status().flips();
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
@@ -450,6 +452,7 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
                     }
                     current = published.borrow_and_update().clone();
                     checks.apply(&current.config);
+                    serve_http(&mut proxy, &current.config);
                     match agent.program(&current.config, checks.status().down()) {
                         Ok(r) => {
                             log::info!("generation {} programmed: {r:?}", current.generation);
@@ -474,6 +477,14 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
     })
 }
 
+/// Serves the configuration's HTTP listeners; one that cannot be served is logged and tried
+/// again with the next configuration.
+fn serve_http(proxy: &mut proxy::Proxy, cfg: &config::Config) {
+    for e in proxy.apply(cfg) {
+        log::error!("HTTP listener not served: {e}");
+    }
+}
+
 fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result<()> {
     let mut cfg = load_config(path, ifaces.clone(), mode)?;
     if let Some(section) = cfg.agent.api.clone() {
@@ -481,23 +492,26 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
     }
     let (mut agent, report) = Agent::start(&cfg)?;
     log::info!("programmed: {report:?}");
-    println!(
-        "slb ready: {} listeners on [{}], maps pinned at {}",
-        cfg.load_balancers
-            .iter()
-            .map(|lb| lb.listeners.len())
-            .sum::<usize>(),
-        cfg.agent.interfaces.join(", "),
-        agent.pin_dir.display()
-    );
-    std::io::stdout().flush()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut checks = health::Engine::new();
         checks.apply(&cfg);
+        let mut proxy = proxy::Proxy::new(checks.status());
+        serve_http(&mut proxy, &cfg);
+        println!(
+            "slb ready: {} listeners on [{}], maps pinned at {}",
+            cfg.load_balancers
+                .iter()
+                .map(|lb| lb.listeners.len())
+                .sum::<usize>(),
+            cfg.agent.interfaces.join(", "),
+            agent.pin_dir.display()
+        );
+        std::io::stdout().flush()?;
         let mut flips = checks.status().flips();
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -512,6 +526,7 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
                     Ok(new) => {
                         cfg = new;
                         checks.apply(&cfg);
+                        serve_http(&mut proxy, &cfg);
                         match agent.program(&cfg, checks.status().down()) {
                             Ok(r) => log::info!("reloaded {}: {r:?}", path.display()),
                             Err(e) => log::error!("reload failed, maps may be partly updated: {e}"),

@@ -177,10 +177,38 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     assert!(ok, "openssl {args:?}");
 }
 
+/// A running `slb serve`, killed when dropped.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `slb serve --config CONFIG` in the network namespace `ns` and waits until it is ready.
+pub fn start_agent_in(ns: &str, config: &Path) -> anyhow::Result<Running> {
+    let (child, _) = start(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", xtask::lab::netns_path(ns).display()))
+            .arg(slb_binary()?),
+        config,
+    )?;
+    Ok(Running(child))
+}
+
 /// Starts `slb serve --config CONFIG` and waits for its `slb ready` line, which it returns.
 pub fn start_agent(config: &Path) -> anyhow::Result<(std::process::Child, String)> {
+    start(&mut std::process::Command::new(slb_binary()?), config)
+}
+
+fn start(
+    command: &mut std::process::Command,
+    config: &Path,
+) -> anyhow::Result<(std::process::Child, String)> {
     use std::io::BufRead as _;
-    let mut child = std::process::Command::new(slb_binary()?)
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
         .stdin(std::process::Stdio::null())

@@ -8,6 +8,7 @@
 //! `payload(text)` or `hex(00ff..)`. Checksums are computed from scratch by etherparse, so an
 //! expected packet written this way checks the program's incremental checksum updates.
 pub mod api;
+pub mod http_backend;
 
 /// Privileged tests (BPF, namespaces) skip, saying why, when this is false.
 pub fn is_root() -> bool {

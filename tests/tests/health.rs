@@ -4,11 +4,11 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::{Child, Command, Stdio},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -19,124 +19,13 @@ use slb::{
     config,
     health::{Engine, Failure, Observation},
 };
-use tests::api::slb_binary;
+use tests::{
+    api::{slb_binary, start_agent_in},
+    http_backend::{lock, Behaviour, HttpBackend},
+};
 use xtask::lab::{in_netns, netns_path, spawn_tcp_service, Lab, Service};
 
 const POLL: Duration = Duration::from_millis(20);
-
-/// How an [`HttpBackend`] answers: a status code after a delay, or never (`hang`).
-#[derive(Clone)]
-struct Behaviour {
-    code: u16,
-    delay: Duration,
-    hang: bool,
-}
-
-/// An HTTP server whose answers a test can change while it runs; it records each request's
-/// head.
-struct HttpBackend {
-    behaviour: Arc<Mutex<Behaviour>>,
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl HttpBackend {
-    fn spawn(
-        ns: &str,
-        bind: SocketAddr,
-        code: u16,
-        delay: Duration,
-    ) -> anyhow::Result<HttpBackend> {
-        let listener = in_netns(ns, move || TcpListener::bind(bind))??;
-        listener.set_nonblocking(true)?;
-        let behaviour = Arc::new(Mutex::new(Behaviour {
-            code,
-            delay,
-            hang: false,
-        }));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (behaviour, requests, stop) = (behaviour.clone(), requests.clone(), stop.clone());
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((stream, _)) = listener.accept() else {
-                        thread::sleep(POLL);
-                        continue;
-                    };
-                    let (behaviour, requests, stop) =
-                        (behaviour.clone(), requests.clone(), stop.clone());
-                    thread::spawn(move || answer(stream, &behaviour, &requests, &stop));
-                }
-            })
-        };
-        Ok(HttpBackend {
-            behaviour,
-            requests,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn set(&self, f: impl FnOnce(&mut Behaviour)) {
-        f(&mut lock(&self.behaviour));
-    }
-
-    fn requests(&self) -> Vec<String> {
-        lock(&self.requests).clone()
-    }
-}
-
-impl Drop for HttpBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn answer(
-    mut stream: TcpStream,
-    behaviour: &Mutex<Behaviour>,
-    requests: &Mutex<Vec<String>>,
-    stop: &AtomicBool,
-) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    lock(requests).push(String::from_utf8_lossy(&head).into_owned());
-    let started = Instant::now();
-    loop {
-        let b = lock(behaviour).clone();
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        if !b.hang && started.elapsed() >= b.delay {
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 {} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    b.code
-                )
-                .as_bytes(),
-            );
-            return;
-        }
-        thread::sleep(POLL);
-    }
-}
 
 /// A UDP server answering every datagram with the current reply string.
 struct UdpBackend {
@@ -310,13 +199,15 @@ fn checks_flip_after_exactly_the_thresholds() -> anyhow::Result<()> {
 
     let tcp: Arc<Mutex<Option<Service>>> =
         Arc::new(Mutex::new(Some(spawn_tcp_service(&ns, at(7001), "tcp")?)));
-    let http = |port, code| HttpBackend::spawn(&ns, at(port), code, Duration::ZERO).map(Arc::new);
+    let http =
+        |port, code| HttpBackend::spawn(&ns, at(port), "h", code, Duration::ZERO).map(Arc::new);
     let h302 = http(7002, 200)?;
     let h404 = http(7003, 200)?;
     let h500 = http(7004, 200)?;
     let hang = http(7005, 200)?;
     let accepts_3xx = http(7006, 302)?;
-    let slow = HttpBackend::spawn(&ns, at(7007), 200, Duration::from_millis(1500)).map(Arc::new)?;
+    let slow =
+        HttpBackend::spawn(&ns, at(7007), "h", 200, Duration::from_millis(1500)).map(Arc::new)?;
     let get11 = http(7008, 204)?;
     let udp_wrong = Arc::new(UdpBackend::spawn(&ns, at(7009), "pong")?);
     let udp_icmp: Arc<Mutex<Option<UdpBackend>>> = Arc::new(Mutex::new(Some(UdpBackend::spawn(
@@ -564,15 +455,6 @@ impl Scenario {
     }
 }
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Connection attempts, stamped with when they ended.
 type Attempts = Vec<(Instant, Result<String, String>)>;
 
@@ -653,21 +535,7 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
             lab.backends()[2].v4,
         ),
     )?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", netns_path(lab.lb_ns()).display()))
-        .arg(slb_binary()?)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut serve = Serve(child);
-    let mut ready = String::new();
-    BufReader::new(serve.0.stdout.take().context("stdout")?).read_line(&mut ready)?;
-    if !ready.starts_with("slb ready") {
-        bail!("agent did not start: {ready:?}");
-    }
+    let serve = start_agent_in(lab.lb_ns(), &config)?;
     let health = |lb_ns: String| -> anyhow::Result<Vec<(String, String)>> {
         in_netns(&lb_ns, move || -> anyhow::Result<Vec<(String, String)>> {
             let client = slb::api::client::Client {

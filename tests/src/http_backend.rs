@@ -1,0 +1,167 @@
+//! An HTTP backend for tests, running on threads in a network namespace, whose answers a test
+//! can change while it runs. It answers `<code> Test` with `X-Backend: <name>` and, except to
+//! HEAD, the request's head as the body; it records each request's head.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use xtask::lab::in_netns;
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// How an [`HttpBackend`] answers: a status code after a delay, or never (`hang`).
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    pub code: u16,
+    pub delay: Duration,
+    pub hang: bool,
+}
+
+pub struct HttpBackend {
+    behaviour: Arc<Mutex<Behaviour>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single assignment or push.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl HttpBackend {
+    pub fn spawn(
+        ns: &str,
+        bind: SocketAddr,
+        name: &str,
+        code: u16,
+        delay: Duration,
+    ) -> anyhow::Result<HttpBackend> {
+        let listener = in_netns(ns, move || TcpListener::bind(bind))??;
+        listener.set_nonblocking(true)?;
+        let behaviour = Arc::new(Mutex::new(Behaviour {
+            code,
+            delay,
+            hang: false,
+        }));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (behaviour, requests, stop) = (behaviour.clone(), requests.clone(), stop.clone());
+            let name = name.to_string();
+            thread::spawn(move || {
+                let mut connections: Vec<JoinHandle<()>> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    connections.retain(|c| !c.is_finished());
+                    let Ok((stream, _)) = listener.accept() else {
+                        thread::sleep(POLL);
+                        continue;
+                    };
+                    let (behaviour, requests, stop, name) = (
+                        behaviour.clone(),
+                        requests.clone(),
+                        stop.clone(),
+                        name.clone(),
+                    );
+                    connections.push(thread::spawn(move || {
+                        serve(stream, &name, &behaviour, &requests, &stop)
+                    }));
+                }
+                // Joined so that, once dropped, nothing of the backend is left listening or
+                // answering.
+                for c in connections {
+                    let _ = c.join();
+                }
+            })
+        };
+        Ok(HttpBackend {
+            behaviour,
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut lock(&self.behaviour));
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.requests).clone()
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers the requests of one connection, keeping it open while the client does.
+fn serve(
+    mut stream: TcpStream,
+    name: &str,
+    behaviour: &Mutex<Behaviour>,
+    requests: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(POLL));
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+        pending.drain(..end + 4);
+        lock(requests).push(head.clone());
+        let started = Instant::now();
+        let b = loop {
+            let b = lock(behaviour).clone();
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if !b.hang && started.elapsed() >= b.delay {
+                break b;
+            }
+            thread::sleep(POLL);
+        };
+        let is_head = head.starts_with("HEAD ");
+        let close = head.to_ascii_lowercase().contains("\r\nconnection: close")
+            || head.contains(" HTTP/1.0\r\n");
+        let mut out = format!(
+            "HTTP/1.1 {} Test\r\nX-Backend: {name}\r\nContent-Length: {}\r\n{}\r\n",
+            b.code,
+            head.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )
+        .into_bytes();
+        if !is_head {
+            out.extend_from_slice(head.as_bytes());
+        }
+        if stream.write_all(&out).is_err() || close {
+            return;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! HTTP listeners served by the agent (slb-behaviour.md §9), end to end: a client namespace, the
+//! real `slb serve` in the LB namespace, HTTP backends in backend namespaces.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use tests::{api::start_agent_in, http_backend::HttpBackend};
+use xtask::lab::{in_netns, Lab};
+
+/// One response: status, head (lower-cased names) and body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Sends `raw` on `s` and reads one response (Content-Length bodies, which is what the proxy
+/// and the test backends send).
+fn exchange(s: &mut BufReader<TcpStream>, raw: &str) -> anyhow::Result<Reply> {
+    s.get_mut().write_all(raw.as_bytes())?;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if s.read_line(&mut line)? == 0 {
+            bail!("connection closed before a response ({head:?})");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status line")?;
+    let mut reply = Reply {
+        status,
+        head,
+        body: String::new(),
+    };
+    let len: usize = reply
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    if !raw.starts_with("HEAD ") {
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)?;
+        reply.body = String::from_utf8_lossy(&body).into_owned();
+    }
+    Ok(reply)
+}
+
+fn connect(vip: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(BufReader::new(s))
+}
+
+fn get(vip: SocketAddr, extra: &str) -> anyhow::Result<Reply> {
+    exchange(
+        &mut connect(vip)?,
+        &format!("GET /path?q=1 HTTP/1.1\r\nHost: app.example\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
+/// B4.15, B4.17, B5.4, B9.1–B9.4, B9.7–B9.10, B9.13: an HTTP listener over two backends.
+#[test]
+fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
+    if !tests::is_root() {
+        eprintln!("skipped: needs root for namespaces and XDP");
+        return Ok(());
+    }
+    let lab = Lab::up("slbl7", 70, 2)?;
+    let backend_addr = |i: usize| SocketAddr::new(IpAddr::V4(lab.backends()[i].v4), 8080);
+    let mut backends: Vec<Option<HttpBackend>> = Vec::new();
+    for (i, b) in lab.backends().iter().enumerate() {
+        backends.push(Some(HttpBackend::spawn(
+            &b.ns,
+            backend_addr(i),
+            &format!("b{}", i + 1),
+            200,
+            Duration::ZERO,
+        )?));
+    }
+    let dir = std::env::temp_dir().join(format!("slb-l7-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let pin = format!("/sys/fs/bpf/slb-test-l7-{}", std::process::id());
+    let ifaces: Vec<String> = lab.lb_ifaces().iter().map(|i| format!("\"{i}\"")).collect();
+    let servers: Vec<String> = lab
+        .backends()
+        .iter()
+        .map(|b| format!("{{ ServerId = \"{}\" }}", b.v4))
+        .collect();
+    let config = dir.join("slb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[Agent]\nInterfaces = [{}]\nPinPath = \"{pin}\"\nFlowTableSize = 65536\n\n\
+             [[LoadBalancers]]\nLoadBalancerId = \"lb-l7\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
+             [[LoadBalancers.Listeners]]\nListenerProtocol = \"http\"\nListenerPort = 80\nBackendServerPort = 8080\n\
+             Scheduler = \"rr\"\nStickySession = \"off\"\nXForwardedFor_SLBID = \"on\"\nXForwardedFor_proto = \"on\"\n\
+             IdleTimeout = 2\nRequestTimeout = 2\n\
+             HealthCheck = \"on\"\nHealthCheckURI = \"/\"\nHealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n",
+            ifaces.join(", "),
+            lab.vip_v4(),
+            servers.join(", ")
+        ),
+    )?;
+    let serve = start_agent_in(lab.lb_ns(), &config)?;
+    let vip = SocketAddr::new(IpAddr::V4(lab.vip_v4()), 80);
+    let client_ip = lab.client().v4;
+    let client_ns = lab.client().ns.clone();
+    let in_client = |f: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| -> anyhow::Result<()> {
+        in_netns(&client_ns, f)?
+    };
+
+    // B5.4 rr in turn; B9.1 XFF appended; B9.2/B9.4 switched headers; client copies of the
+    // LB's own headers dropped; B9.13 HTTP/1.1 to the backend.
+    in_client(Box::new(move || {
+        let mut names = Vec::new();
+        for _ in 0..6 {
+            let r = get(
+                vip,
+                "X-Forwarded-For: 192.0.2.7\r\nSLB-IP: forged\r\nX-Forwarded-Proto: https\r\n",
+            )?;
+            assert_eq!(r.status, 200, "{r:?}");
+            names.push(r.header("x-backend").context("X-Backend")?);
+            let b = r.body.to_ascii_lowercase();
+            assert!(b.starts_with("get /path?q=1 http/1.1\r\n"), "{}", r.body);
+            assert!(
+                b.contains(&format!("\r\nx-forwarded-for: 192.0.2.7, {client_ip}\r\n")),
+                "{}",
+                r.body
+            );
+            assert!(b.contains("\r\nslb-id: lb-l7\r\n"), "{}", r.body);
+            assert!(b.contains("\r\nx-forwarded-proto: http\r\n"), "{}", r.body);
+            assert!(!b.contains("slb-ip"), "{}", r.body);
+            assert!(b.contains("\r\nhost: app.example\r\n"), "{}", r.body);
+        }
+        assert_eq!(names, ["b1", "b2", "b1", "b2", "b1", "b2"]);
+        // B9.13: an HTTP/1.0 client is forwarded as HTTP/1.0.
+        let r = exchange(&mut connect(vip)?, "GET /old HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        assert!(r.body.starts_with("GET /old HTTP/1.0\r\n"), "{}", r.body);
+        // B9.9: the 100th request on a keep-alive connection is the last.
+        let mut c = connect(vip)?;
+        for n in 1..=100 {
+            let r = exchange(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            assert_eq!(r.status, 200);
+            let close = r
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            assert_eq!(close, n == 100, "request {n}: {}", r.head);
+        }
+        let mut rest = Vec::new();
+        assert_eq!(
+            c.read_to_end(&mut rest)?,
+            0,
+            "closed after the 100th response"
+        );
+        // B9.7: an idle keep-alive connection is closed after IdleTimeout (2 s, ±2 s).
+        let mut c = connect(vip)?;
+        exchange(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let idle = Instant::now();
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest)?, 0);
+        let waited = idle.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1500) && waited <= Duration::from_secs(4),
+            "closed after {waited:?}"
+        );
+        Ok(())
+    }))?;
+
+    // B9.8: a backend silent past RequestTimeout gives 504.
+    for b in backends.iter().flatten() {
+        b.set(|b| b.delay = Duration::from_secs(4));
+    }
+    in_client(Box::new(move || {
+        let started = Instant::now();
+        let r = get(vip, "")?;
+        assert_eq!(r.status, 504, "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }))?;
+    for b in backends.iter().flatten() {
+        b.set(|b| b.delay = Duration::ZERO);
+    }
+
+    // B9.10: b2 dies; before its check fails, requests scheduled to it go to b1 instead.
+    backends[1].take();
+    in_client(Box::new(move || {
+        for _ in 0..4 {
+            let r = get(vip, "")?;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.header("x-backend").as_deref(), Some("b1"));
+        }
+        Ok(())
+    }))?;
+    // B4.17: with both dead, 502 until the checks fail them, then 503.
+    backends[0].take();
+    in_client(Box::new(move || {
+        let r = get(vip, "")?;
+        assert!(r.status == 502 || r.status == 503, "{r:?}");
+        std::thread::sleep(Duration::from_secs(4));
+        let r = get(vip, "")?;
+        assert_eq!(r.status, 503, "{r:?}");
+        Ok(())
+    }))?;
+    // B4.15: back after HealthyThreshold passes.
+    backends[0] = Some(HttpBackend::spawn(
+        &lab.backends()[0].ns,
+        backend_addr(0),
+        "b1",
+        200,
+        Duration::ZERO,
+    )?);
+    std::thread::sleep(Duration::from_secs(4));
+    in_client(Box::new(move || {
+        let r = get(vip, "")?;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-backend").as_deref(), Some("b1"));
+        Ok(())
+    }))?;
+    drop(serve);
+    let _ = slb::dataplane::loader::unload(std::path::Path::new(&pin));
+    drop(backends);
+    lab.down()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
