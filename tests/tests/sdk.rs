@@ -9,13 +9,13 @@ use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
-use tests::api::slb_binary;
+use tests::api::start_agent_in;
 use xtask::lab::{in_netns, netns_path, spawn_tcp_service, spawn_udp_service, Lab};
 
 const LAB: u8 = 67;
@@ -32,15 +32,6 @@ fn sdk_python() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(py)
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn run_sdk(lab: &Lab, script: &str, backends: &str, delete: Option<&str>) -> anyhow::Result<Value> {
@@ -157,22 +148,7 @@ fn official_and_legacy_sdks_drive_the_xdp_path() -> anyhow::Result<()> {
             lab.vip_v4()
         ),
     )?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", netns_path(lab.lb_ns()).display()))
-        .arg(slb_binary()?)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut serve = Serve(child);
-    let stdout = serve.0.stdout.take().context("stdout")?;
-    let mut ready = String::new();
-    BufReader::new(stdout).read_line(&mut ready)?;
-    if !ready.starts_with("slb ready") {
-        bail!("agent did not start: {ready:?}");
-    }
+    let serve = start_agent_in(lab.lb_ns(), &config)?;
     let backends: Vec<String> = lab.backends().iter().map(|b| b.v4.to_string()).collect();
     let backends = backends.join(",");
     let vip = IpAddr::V4(lab.vip_v4());
