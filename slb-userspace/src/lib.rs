@@ -13,6 +13,7 @@ pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_health;
 pub mod config;
 pub mod dataplane;
 pub mod health;

@@ -158,6 +158,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The health-check engine with 10,000 backends every 2 s next to HAProxy: CPU and the
+    /// spread of check times (`cargo xtask bench health` runs it).
+    #[command(hide = true)]
+    BenchHealth {
+        #[arg(long)]
+        json: bool,
+    },
     /// Call the management API of a running agent, signed with a key from a key file, and
     /// print the JSON response: `slb call DescribeLoadBalancers --RegionId local`.
     Call {
@@ -247,6 +254,15 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", slb::bench_api::render(&report));
+            }
+            Ok(())
+        }
+        Cmd::BenchHealth { json } => {
+            let report = slb::bench_health::run()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", slb::bench_health::render(&report));
             }
             Ok(())
         }

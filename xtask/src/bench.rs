@@ -1,5 +1,6 @@
 //! `cargo xtask bench l4`: the L4 benchmarks, written to `bench/results/l4.json`; `bench api`:
-//! the management API, written to `bench/results/api.json`.
+//! the management API, written to `bench/results/api.json`; `bench health`: health checks of
+//! 10,000 backends next to HAProxy, written to `bench/results/health.json`.
 //!
 //! 1. `slb bench-xdp --json`: ns/packet of the XDP program through `BPF_PROG_TEST_RUN` (hit,
 //!    new flow per scheduler, IPv6, a 10,000-entry ACL) and Maglev build times.
@@ -105,6 +106,108 @@ pub fn api(ws: &Workspace) -> Result<()> {
     print!("{s}");
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// `cargo xtask bench health`: `slb bench-health --json`, written to `bench/results/health.json`.
+pub fn health(ws: &Workspace) -> Result<()> {
+    setup::run()?;
+    let slb = ws.build_slb()?;
+    println!("==> slb bench-health (10,000 backends every 2 s: slb, then HAProxy; under a minute)");
+    let out = cmd::output(Command::new(&slb).args(["bench-health", "--json"]))?;
+    let health: Value = serde_json::from_str(&out).context("parsing `slb bench-health --json`")?;
+    let report = json!({ "metadata": metadata()?, "health": health });
+    let path = write_results(ws, "bench/results/health.json", &report)?;
+    print!("{}", health_markdown(&health));
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// The table of `bench health` (the README's Health checks section is written from it).
+fn health_markdown(h: &Value) -> String {
+    let num = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let (s, p) = (&h["slb"], &h["haproxy"]);
+    let mut out = format!(
+        "\n| {} backends, TCP connect every {} s, {:.0} s window | slb | HAProxy {} | slb / HAProxy |\n| --- | ---: | ---: | ---: |\n",
+        h["backends"],
+        h["interval_s"],
+        num(h, "window_s"),
+        h["haproxy_version"].as_str().unwrap_or("?"),
+    );
+    out.push_str(&format!(
+        "| checker CPU, % of one core | {:.1} | {:.1} | {:.2} |\n",
+        num(s, "cpu_percent_of_core"),
+        num(p, "cpu_percent_of_core"),
+        num(h, "cpu_ratio_slb_over_haproxy"),
+    ));
+    out.push_str(&format!(
+        "| CPU µs per check | {:.1} | {:.1} | {:.2} |\n",
+        num(s, "cpu_us_per_check"),
+        num(p, "cpu_us_per_check"),
+        num(h, "cpu_per_check_ratio_slb_over_haproxy"),
+    ));
+    out.push_str(&format!(
+        "| checks/s (SYNs seen at the backends) | {:.0} | {:.0} | {:.2} |\n",
+        num(s, "checks_per_s"),
+        num(p, "checks_per_s"),
+        num(s, "checks_per_s") / num(p, "checks_per_s"),
+    ));
+    out.push_str(&format!(
+        "| failed checks | {} | {} | |\n",
+        s["failures"], p["failures"]
+    ));
+    let (ss, ps) = (&s["spread"], &p["spread"]);
+    out.push_str(&format!(
+        "| gap between two checks of a backend, mean ms | {:.1} | {:.1} | |\n",
+        num(ss, "gap_mean_ms"),
+        num(ps, "gap_mean_ms"),
+    ));
+    let dev = |v: &Value| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            num(v, "deviation_p50_ms"),
+            num(v, "deviation_p99_ms"),
+            num(v, "deviation_max_ms")
+        )
+    };
+    out.push_str(&format!(
+        "| \\|gap − {} s\\| p50 / p99 / max ms | {} | {} | |\n",
+        h["interval_s"],
+        dev(ss),
+        dev(ps)
+    ));
+    let buckets = |v: &Value| {
+        format!(
+            "{} / {:.0} / {} ({:.2})",
+            v["per_bucket_min"],
+            num(v, "per_bucket_mean"),
+            v["per_bucket_max"],
+            num(v, "per_bucket_max_over_mean")
+        )
+    };
+    out.push_str(&format!(
+        "| checks per 100 ms min / mean / max (max ÷ mean) | {} | {} | |\n",
+        buckets(ss),
+        buckets(ps)
+    ));
+    let e = &h["slb_engine"];
+    out.push_str(&format!(
+        "\nslb engine: {:.0} probes/s, {} failed, probe latency p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; \
+         HAProxy: {} of {} servers UP; SYNs lost by the capture: slb {}, HAProxy {}\n",
+        num(e, "probes_per_s"),
+        e["failures"],
+        num(e, "latency_p50_us"),
+        num(e, "latency_p99_us"),
+        num(e, "latency_max_us"),
+        h["haproxy_servers_up"],
+        h["backends"],
+        s["capture_drops"],
+        p["capture_drops"],
+    ));
+    if let Some(examples) = e["failure_examples"].as_array().filter(|a| !a.is_empty()) {
+        let examples: Vec<&str> = examples.iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!("slb failures: {}\n", examples.join("; ")));
+    }
+    out
 }
 
 /// Writes `report` to `rel` under the workspace root; returns the path.

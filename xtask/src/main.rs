@@ -3,7 +3,7 @@
 //! # Layout
 //! * `setup`: installs what building and testing need (idempotent).
 //! * `demo`: `build-and-load`, the agent in a network-namespace lab, or on a real interface.
-//! * `bench`: `bench l4`, the L4 benchmarks.
+//! * `bench`: `bench l4`, the L4 benchmarks; `bench api`; `bench health`.
 //! * this file: the command line, `test` and `replay`.
 mod agent;
 mod bench;
@@ -55,7 +55,8 @@ enum Cmd {
     /// XDP program (BPF_PROG_TEST_RUN), Maglev build times, and XDP vs nftables DNAT packet
     /// rate and CPU in a namespace lab. `api`: req/s and p50/p99 of Describe/Set/Create at
     /// 1/16/64 clients with 1,000 listeners and 10,000 backends stored, acknowledged change →
-    /// live in the maps, store size.
+    /// live in the maps, store size. `health`: CPU and spread of check times of the health
+    /// checker with 10,000 backends every 2 s, next to HAProxy checking the same backends.
     Bench { suite: BenchSuite },
     /// Build slb and run `slb replay <ARGS>`, e.g.
     /// `--config FILE --pcap-in IN --pcap-out OUT [--json]`.
@@ -71,6 +72,7 @@ enum Cmd {
 enum BenchSuite {
     L4,
     Api,
+    Health,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +128,9 @@ fn run() -> Result<()> {
         Cmd::Bench {
             suite: BenchSuite::Api,
         } => bench::api(&ws),
+        Cmd::Bench {
+            suite: BenchSuite::Health,
+        } => bench::health(&ws),
         Cmd::Replay { args } => {
             setup::run()?;
             let slb = ws.build_slb()?;

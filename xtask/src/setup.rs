@@ -13,7 +13,8 @@ use xtask::cmd;
 /// Debian packages the build, the tests and the demo use: `ip`, `ethtool` (veth offloads),
 /// `nft`, `nc` (the demo's client), `tcpdump`, `bpftool` (inspecting loaded programs and maps),
 /// `curl` (L7), OpenSSL headers for the agent's certificate handling and the `openssl` CLI the
-/// tests make certificates with, Python for the Alibaba Cloud SDK compatibility tests.
+/// tests make certificates with, Python for the Alibaba Cloud SDK compatibility tests, and
+/// `haproxy`, the peer `cargo xtask bench health` compares the health checker with.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -27,6 +28,7 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "python3-venv",
+    "haproxy",
 ];
 
 /// The Alibaba Cloud SDKs the compatibility tests drive the API with (tests/sdk/*.py), pinned.

@@ -466,8 +466,8 @@ fn seed(check: &Check) -> u64 {
     h.finish() | 1
 }
 
-/// One checker: probes every interval, starting at an offset spread by the check's hash, with
-/// up to 1/16 of an interval of jitter per round so that checks started together drift apart.
+/// One checker: probes every interval, starting at an offset spread by the check's hash, each
+/// probe up to 1/16 of an interval late so that checks with close offsets do not run in step.
 async fn run(check: Check, status: Arc<Status>, permits: Arc<Semaphore>) {
     let interval = Duration::from_secs(check.interval.into());
     let mut rng = seed(&check);
@@ -479,9 +479,12 @@ async fn run(check: Check, status: Arc<Status>, permits: Arc<Semaphore>) {
         let nanos = bound.as_nanos().max(1) as u64;
         Duration::from_nanos(rng % nanos)
     };
-    let mut next = Instant::now() + random(interval);
+    // Rounds fall due every interval from the check's own phase; each probe starts up to 1/16
+    // of an interval after its round is due, so checks with close phases do not probe in step,
+    // and that jitter does not add up: on average a check runs once per interval.
+    let mut due = Instant::now() + random(interval);
     loop {
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep_until(due + random(interval / 16)).await;
         let Ok(permit) = permits.acquire().await else {
             return;
         };
@@ -491,7 +494,7 @@ async fn run(check: Check, status: Arc<Status>, permits: Arc<Semaphore>) {
         drop(permit);
         status.record(&check, started, latency, result);
         // A probe that overran the interval is followed at once by the next one (B8.8).
-        next = (next + interval).max(Instant::now()) + random(interval / 16);
+        due = (due + interval).max(Instant::now());
     }
 }
 

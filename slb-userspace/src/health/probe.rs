@@ -88,7 +88,31 @@ async fn tcp_connect(target: SocketAddr) -> Result<TcpStream, Failure> {
     // Closing with a reset leaves no TIME_WAIT behind: thousands of checks a second would
     // otherwise fill the checker's port range and the kernel's time-wait table.
     socket.set_zero_linger().map_err(io_failure("setsockopt"))?;
+    // Delayed ACK from the start: the SYN-ACK is not acknowledged at once, so a check that
+    // closes right after connecting answers it with the reset alone (SYN, SYN-ACK, RST) and
+    // the backend never sees a connection to accept; an HTTP check's request carries the ACK.
+    quickack_off(&socket).map_err(io_failure("setsockopt"))?;
     socket.connect(target).await.map_err(io_failure("connect"))
+}
+
+fn quickack_off(socket: &TcpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt reads one c_int from `off`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::from_ref(&off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 async fn http(
