@@ -198,6 +198,62 @@ pub fn start_agent_in(ns: &str, config: &Path) -> anyhow::Result<Running> {
     Ok(Running(child))
 }
 
+/// An agent a test runs in a lab: a fresh directory, a pin path, and the `[Agent]` section that
+/// attaches to every LB interface of the lab. Dropping it unloads the pins and removes the
+/// directory, so the [`Running`] agent must be dropped first (declare it after).
+pub struct LabAgent {
+    pub dir: PathBuf,
+    pub pin: String,
+    lb_ns: String,
+    agent_section: String,
+}
+
+impl LabAgent {
+    pub fn new(lab: &xtask::lab::Lab, name: &str) -> anyhow::Result<LabAgent> {
+        let dir = std::env::temp_dir().join(format!("slb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let pin = format!("/sys/fs/bpf/slb-test-{name}-{}", std::process::id());
+        let ifaces: Vec<String> = lab.lb_ifaces().iter().map(|i| format!("\"{i}\"")).collect();
+        let agent_section = format!(
+            "[Agent]\nInterfaces = [{}]\nPinPath = \"{pin}\"\nFlowTableSize = 65536\n",
+            ifaces.join(", ")
+        );
+        Ok(LabAgent {
+            dir,
+            pin,
+            lb_ns: lab.lb_ns().to_string(),
+            agent_section,
+        })
+    }
+
+    /// Writes a 0600 access key file with one key into the directory.
+    pub fn keys(&self, id: &str, secret: &str) -> anyhow::Result<PathBuf> {
+        let keys = self.dir.join("keys.toml");
+        std::fs::write(
+            &keys,
+            format!("[[AccessKeys]]\nAccessKeyId = \"{id}\"\nAccessKeySecret = \"{secret}\"\n"),
+        )?;
+        std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        Ok(keys)
+    }
+
+    /// Writes the `[Agent]` section followed by `rest` (more `[Agent]` keys may come first) as
+    /// the configuration and starts `slb serve` with it in the lab's LB namespace.
+    pub fn start(&self, rest: &str) -> anyhow::Result<Running> {
+        let config = self.dir.join("slb.toml");
+        std::fs::write(&config, format!("{}{rest}", self.agent_section))?;
+        start_agent_in(&self.lb_ns, &config)
+    }
+}
+
+impl Drop for LabAgent {
+    fn drop(&mut self) {
+        let _ = slb::dataplane::loader::unload(Path::new(&self.pin));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Starts `slb serve --config CONFIG` and waits for its `slb ready` line, which it returns.
 pub fn start_agent(config: &Path) -> anyhow::Result<(std::process::Child, String)> {
     start(&mut std::process::Command::new(slb_binary()?), config)

@@ -20,7 +20,7 @@ use slb::{
     health::{Engine, Failure, Observation},
 };
 use tests::{
-    api::{slb_binary, start_agent_in},
+    api::{slb_binary, LabAgent},
     http_backend::{lock, Behaviour, HttpBackend},
 };
 use xtask::lab::{in_netns, netns_path, spawn_tcp_service, Lab, Service};
@@ -496,28 +496,15 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
             &format!("b{}", i + 1),
         )?));
     }
-    let dir = std::env::temp_dir().join(format!("slb-health-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let keys = dir.join("keys.toml");
-    std::fs::write(
-        &keys,
-        "[[AccessKeys]]\nAccessKeyId = \"hc\"\nAccessKeySecret = \"hcsecret\"\n",
-    )?;
-    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let pin = format!("/sys/fs/bpf/slb-test-health-{}", std::process::id());
-    let ifaces: Vec<String> = lab.lb_ifaces().iter().map(|i| format!("\"{i}\"")).collect();
+    let agent = LabAgent::new(&lab, "health")?;
+    let keys = agent.keys("hc", "hcsecret")?;
     let servers: Vec<String> = lab
         .backends()
         .iter()
         .map(|b| format!("{{ ServerId = \"{}\" }}", b.v4))
         .collect();
-    let config = dir.join("slb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[Agent]\nInterfaces = [{}]\nPinPath = \"{pin}\"\nFlowTableSize = 65536\n\n\
-             [Api]\nListen = \"127.0.0.1:{API_PORT}\"\nKeysFile = \"{}\"\nStatePath = \"{}\"\nVipPool = [\"{}/32\"]\n\n\
+    let serve = agent.start(&format!(
+            "\n[Api]\nListen = \"127.0.0.1:{API_PORT}\"\nKeysFile = \"{}\"\nStatePath = \"{}\"\nVipPool = [\"{}/32\"]\n\n\
              [[LoadBalancers]]\nLoadBalancerId = \"lb-hc\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
              [[LoadBalancers.Listeners]]\nListenerProtocol = \"tcp\"\nListenerPort = 80\nBackendServerPort = 8080\nScheduler = \"rr\"\n\
              HealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n\
@@ -525,17 +512,14 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
              MasterSlaveBackendServers = [ {{ ServerId = \"{}\", Port = 8080, ServerType = \"Master\" }}, {{ ServerId = \"{}\", Port = 8080, ServerType = \"Slave\" }} ]\n\
              [[LoadBalancers.Listeners]]\nListenerProtocol = \"tcp\"\nListenerPort = 81\nMasterSlaveServerGroupId = \"rsp-ms\"\n\
              HealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n",
-            ifaces.join(", "),
             keys.display(),
-            dir.join("state.redb").display(),
+            agent.dir.join("state.redb").display(),
             lab.vip_v4(),
             lab.vip_v4(),
             servers.join(", "),
             lab.backends()[1].v4,
             lab.backends()[2].v4,
-        ),
-    )?;
-    let serve = start_agent_in(lab.lb_ns(), &config)?;
+    ))?;
     let health = |lb_ns: String| -> anyhow::Result<Vec<(String, String)>> {
         in_netns(&lb_ns, move || -> anyhow::Result<Vec<(String, String)>> {
             let client = slb::api::client::Client {
@@ -755,9 +739,8 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
         assert_eq!(line, "still there\n", "established connection to {name}");
     }
     drop(serve);
-    let _ = slb::dataplane::loader::unload(std::path::Path::new(&pin));
+    drop(agent);
     drop(services);
     lab.down()?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

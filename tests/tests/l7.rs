@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use tests::{api::start_agent_in, http_backend::HttpBackend};
+use tests::{api::LabAgent, http_backend::HttpBackend};
 use xtask::lab::{in_netns, Lab};
 
 /// One response: status, head (lower-cased names) and body.
@@ -96,32 +96,21 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
             Duration::ZERO,
         )?));
     }
-    let dir = std::env::temp_dir().join(format!("slb-l7-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let pin = format!("/sys/fs/bpf/slb-test-l7-{}", std::process::id());
-    let ifaces: Vec<String> = lab.lb_ifaces().iter().map(|i| format!("\"{i}\"")).collect();
     let servers: Vec<String> = lab
         .backends()
         .iter()
         .map(|b| format!("{{ ServerId = \"{}\" }}", b.v4))
         .collect();
-    let config = dir.join("slb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[Agent]\nInterfaces = [{}]\nPinPath = \"{pin}\"\nFlowTableSize = 65536\n\n\
-             [[LoadBalancers]]\nLoadBalancerId = \"lb-l7\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
-             [[LoadBalancers.Listeners]]\nListenerProtocol = \"http\"\nListenerPort = 80\nBackendServerPort = 8080\n\
-             Scheduler = \"rr\"\nStickySession = \"off\"\nXForwardedFor_SLBID = \"on\"\nXForwardedFor_proto = \"on\"\n\
-             IdleTimeout = 2\nRequestTimeout = 2\n\
-             HealthCheck = \"on\"\nHealthCheckURI = \"/\"\nHealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n",
-            ifaces.join(", "),
-            lab.vip_v4(),
-            servers.join(", ")
-        ),
-    )?;
-    let serve = start_agent_in(lab.lb_ns(), &config)?;
+    let agent = LabAgent::new(&lab, "l7")?;
+    let serve = agent.start(&format!(
+        "\n[[LoadBalancers]]\nLoadBalancerId = \"lb-l7\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
+         [[LoadBalancers.Listeners]]\nListenerProtocol = \"http\"\nListenerPort = 80\nBackendServerPort = 8080\n\
+         Scheduler = \"rr\"\nStickySession = \"off\"\nXForwardedFor_SLBID = \"on\"\nXForwardedFor_proto = \"on\"\n\
+         IdleTimeout = 2\nRequestTimeout = 2\n\
+         HealthCheck = \"on\"\nHealthCheckURI = \"/\"\nHealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n",
+        lab.vip_v4(),
+        servers.join(", ")
+    ))?;
     let vip = SocketAddr::new(IpAddr::V4(lab.vip_v4()), 80);
     let client_ip = lab.client().v4;
     let client_ns = lab.client().ns.clone();
@@ -241,9 +230,8 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
         Ok(())
     }))?;
     drop(serve);
-    let _ = slb::dataplane::loader::unload(std::path::Path::new(&pin));
+    drop(agent);
     drop(backends);
     lab.down()?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

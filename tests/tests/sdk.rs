@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
-use tests::api::start_agent_in;
+use tests::api::LabAgent;
 use xtask::lab::{in_netns, netns_path, spawn_tcp_service, spawn_udp_service, Lab};
 
 const LAB: u8 = 67;
@@ -125,30 +125,15 @@ fn official_and_legacy_sdks_drive_the_xdp_path() -> anyhow::Result<()> {
             &label,
         )?);
     }
-    let dir = std::env::temp_dir().join(format!("slb-sdk-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let keys = dir.join("keys.toml");
-    std::fs::write(
-        &keys,
-        "[[AccessKeys]]\nAccessKeyId = \"sdkid\"\nAccessKeySecret = \"sdksecret\"\n",
-    )?;
-    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let pin = format!("/sys/fs/bpf/slb-test-sdk-{}", std::process::id());
-    let ifaces: Vec<String> = lab.lb_ifaces().iter().map(|i| format!("\"{i}\"")).collect();
-    let config = dir.join("slb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[Agent]\nInterfaces = [{}]\nPinPath = \"{pin}\"\nFlowTableSize = 65536\nRegionId = \"{REGION}\"\n\n\
-             [Api]\nListen = \"127.0.0.1:{API_PORT}\"\nKeysFile = \"{}\"\nStatePath = \"{}\"\nVipPool = [\"{}/32\"]\n",
-            ifaces.join(", "),
-            keys.display(),
-            dir.join("state.redb").display(),
-            lab.vip_v4()
-        ),
-    )?;
-    let serve = start_agent_in(lab.lb_ns(), &config)?;
+    let agent = LabAgent::new(&lab, "sdk")?;
+    let keys = agent.keys("sdkid", "sdksecret")?;
+    let serve = agent.start(&format!(
+        "RegionId = \"{REGION}\"\n\n\
+         [Api]\nListen = \"127.0.0.1:{API_PORT}\"\nKeysFile = \"{}\"\nStatePath = \"{}\"\nVipPool = [\"{}/32\"]\n",
+        keys.display(),
+        agent.dir.join("state.redb").display(),
+        lab.vip_v4()
+    ))?;
     let backends: Vec<String> = lab.backends().iter().map(|b| b.v4.to_string()).collect();
     let backends = backends.join(",");
     let vip = IpAddr::V4(lab.vip_v4());
@@ -195,9 +180,8 @@ fn official_and_legacy_sdks_drive_the_xdp_path() -> anyhow::Result<()> {
         }
     }
     drop(serve);
-    let _ = slb::dataplane::loader::unload(std::path::Path::new(&pin));
+    drop(agent);
     drop(services);
     lab.down()?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
