@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use slb::{
     agent::Agent,
     api, config,
-    dataplane::{image::Image, loader, maps::Maps},
+    dataplane::{image::Image, loader, maps::Maps, sync::SyncReport, DataplaneError},
     health, proxy,
     replay::{self, Harness, Ingress},
     simulate, stats,
@@ -239,32 +239,12 @@ fn main() -> anyhow::Result<()> {
             pcap_out,
             json,
         } => replay_cmd(&config, &pcap_in, &pcap_out, json),
-        Cmd::BenchXdp { json } => {
-            let report = slb::bench::run()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", slb::bench::render(&report));
-            }
-            Ok(())
-        }
+        Cmd::BenchXdp { json } => print_report(&slb::bench::run()?, json, slb::bench::render),
         Cmd::BenchApi { json } => {
-            let report = slb::bench_api::run()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", slb::bench_api::render(&report));
-            }
-            Ok(())
+            print_report(&slb::bench_api::run()?, json, slb::bench_api::render)
         }
         Cmd::BenchHealth { json } => {
-            let report = slb::bench_health::run()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", slb::bench_health::render(&report));
-            }
-            Ok(())
+            print_report(&slb::bench_health::run()?, json, slb::bench_health::render)
         }
         Cmd::Call {
             action,
@@ -283,6 +263,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::Apply { file, dry_run, api } => apply_cmd(&file, dry_run, &api),
         Cmd::Unload { pin_path } => Ok(loader::unload(&pin_path)?),
     }
+}
+
+/// A benchmark's report as JSON or as its rendered tables.
+fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    render: fn(&R) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
 }
 
 fn load_config(
@@ -418,13 +412,13 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
         vip_pool: section.vip_pool.clone(),
     };
     let (applied_tx, applied_rx) = tokio::sync::watch::channel(0u64);
-    let mut checks = health::Engine::new();
+    let mut services = Services::new();
     let (api, mut published) = api::Api::new(
         state,
         settings,
         cfg.agent.clone(),
         applied_rx,
-        checks.status(),
+        services.checks.status(),
     );
     let api = std::sync::Arc::new(api);
     let mut current = published.borrow_and_update().clone();
@@ -438,10 +432,8 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        checks.apply(&current.config);
-        let mut proxy = proxy::Proxy::new(checks.status());
-        serve_http(&mut proxy, &current.config);
-        let mut flips = checks.status().flips();
+        services.apply(&current.config);
+        let mut flips = services.checks.status().flips();
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
             .with_context(|| format!("binding the API to {}", section.listen))?;
@@ -467,9 +459,8 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
                         break;
                     }
                     current = published.borrow_and_update().clone();
-                    checks.apply(&current.config);
-                    serve_http(&mut proxy, &current.config);
-                    match agent.program(&current.config, checks.status().down()) {
+                    services.apply(&current.config);
+                    match services.program(&mut agent, &current.config) {
                         Ok(r) => {
                             log::info!("generation {} programmed: {r:?}", current.generation);
                             applied_tx.send_replace(current.generation);
@@ -477,7 +468,7 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
                         Err(e) => log::error!("programming generation {} failed: {e}", current.generation),
                     }
                 },
-                _ = flips.changed() => if let Err(e) = agent.program(&current.config, checks.status().down()) {
+                _ = flips.changed() => if let Err(e) = services.program(&mut agent, &current.config) {
                     log::error!("applying health check verdicts: {e}");
                 },
                 _ = term.recv() => break,
@@ -493,11 +484,35 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
     })
 }
 
-/// Serves the configuration's HTTP listeners; one that cannot be served is logged and tried
-/// again with the next configuration.
-fn serve_http(proxy: &mut proxy::Proxy, cfg: &config::Config) {
-    for e in proxy.apply(cfg) {
-        log::error!("HTTP listener not served: {e}");
+/// What the agent runs beside the data plane: health checks and HTTP listeners.
+struct Services {
+    checks: health::Engine,
+    proxy: proxy::Proxy,
+}
+
+impl Services {
+    fn new() -> Services {
+        let checks = health::Engine::new();
+        let proxy = proxy::Proxy::new(checks.status());
+        Services { checks, proxy }
+    }
+
+    /// Brings the checks and HTTP listeners to `cfg` (inside the runtime). A listener that
+    /// cannot be served is logged and tried again with the next configuration.
+    fn apply(&mut self, cfg: &config::Config) {
+        self.checks.apply(cfg);
+        for e in self.proxy.apply(cfg) {
+            log::error!("HTTP listener not served: {e}");
+        }
+    }
+
+    /// Programs `cfg` into the data plane without the backends that fail their checks.
+    fn program(
+        &self,
+        agent: &mut Agent,
+        cfg: &config::Config,
+    ) -> Result<SyncReport, DataplaneError> {
+        agent.program(cfg, self.checks.status().down())
     }
 }
 
@@ -514,10 +529,8 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut checks = health::Engine::new();
-        checks.apply(&cfg);
-        let mut proxy = proxy::Proxy::new(checks.status());
-        serve_http(&mut proxy, &cfg);
+        let mut services = Services::new();
+        services.apply(&cfg);
         println!(
             "slb ready: {} listeners on [{}], maps pinned at {}",
             cfg.load_balancers
@@ -528,7 +541,7 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
             agent.pin_dir.display()
         );
         std::io::stdout().flush()?;
-        let mut flips = checks.status().flips();
+        let mut flips = services.checks.status().flips();
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -541,16 +554,15 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
                 _ = hup.recv() => match load_config(path, ifaces.clone(), mode) {
                     Ok(new) => {
                         cfg = new;
-                        checks.apply(&cfg);
-                        serve_http(&mut proxy, &cfg);
-                        match agent.program(&cfg, checks.status().down()) {
+                        services.apply(&cfg);
+                        match services.program(&mut agent, &cfg) {
                             Ok(r) => log::info!("reloaded {}: {r:?}", path.display()),
                             Err(e) => log::error!("reload failed, maps may be partly updated: {e}"),
                         }
                     }
                     Err(e) => log::error!("reload rejected, keeping the running configuration: {e:#}"),
                 },
-                _ = flips.changed() => if let Err(e) = agent.program(&cfg, checks.status().down()) {
+                _ = flips.changed() => if let Err(e) = services.program(&mut agent, &cfg) {
                     log::error!("applying health check verdicts: {e}");
                 },
                 _ = term.recv() => break,

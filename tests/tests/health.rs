@@ -96,6 +96,17 @@ struct Scenario {
 }
 
 impl Scenario {
+    fn new(name: &'static str, port: u16, plan: Plan) -> Scenario {
+        Scenario {
+            name,
+            port,
+            plan,
+            results: Vec::new(),
+            phase: 0,
+            done: false,
+        }
+    }
+
     /// Takes one observation of this scenario's check; returns an error on a broken rule.
     fn observe(&mut self, o: &Observation) -> anyhow::Result<()> {
         let ok = o.result.is_ok();
@@ -440,19 +451,6 @@ fn checks_flip_after_exactly_the_thresholds() -> anyhow::Result<()> {
     drop((accepts_3xx, slow, h404, h500, hang));
     lab.down()?;
     Ok(())
-}
-
-impl Scenario {
-    fn new(name: &'static str, port: u16, plan: Plan) -> Scenario {
-        Scenario {
-            name,
-            port,
-            plan,
-            results: Vec::new(),
-            phase: 0,
-            done: false,
-        }
-    }
 }
 
 /// Connection attempts, stamped with when they ended.

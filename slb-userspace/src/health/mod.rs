@@ -215,8 +215,9 @@ pub struct Observation {
 #[derive(Default)]
 struct Inner {
     checks: HashMap<Check, CheckState>,
-    /// (LoadBalancerId, ListenerPort, member address) → its check.
-    subjects: HashMap<(String, u16, SocketAddr), Check>,
+    /// LoadBalancerId → (ListenerPort, member address) → its check. Nested so that a lookup
+    /// (one per member per proxied request) borrows the id instead of allocating a key.
+    subjects: HashMap<String, HashMap<(u16, SocketAddr), Check>>,
 }
 
 /// Every checker's state, shared by the checkers, the agent loop and the API.
@@ -243,7 +244,8 @@ impl Status {
         let inner = self.lock();
         let check = inner
             .subjects
-            .get(&(load_balancer_id.to_string(), listener_port, backend))?;
+            .get(load_balancer_id)?
+            .get(&(listener_port, backend))?;
         inner.checks.get(check).map(|s| s.verdict.healthy)
     }
 
@@ -434,10 +436,11 @@ impl Engine {
         inner.subjects.clear();
         for (check, subjects) in plan {
             for s in &subjects {
-                inner.subjects.insert(
-                    (s.load_balancer_id.clone(), s.listener_port, s.backend),
-                    check.clone(),
-                );
+                inner
+                    .subjects
+                    .entry(s.load_balancer_id.clone())
+                    .or_default()
+                    .insert((s.listener_port, s.backend), check.clone());
             }
             inner.checks.entry(check.clone()).or_default().subjects = subjects;
             if !self.tasks.contains_key(&check) {

@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, HttpSettings, InstanceStatus, Listener, ListenerStatus, Member, Protocol},
+    config::{Config, HttpSettings, InstanceStatus, ListenerStatus, Member, Protocol, Scheduler},
     health::Status,
 };
 use pool::Pool;
@@ -60,11 +60,13 @@ impl Route {
     }
 }
 
-/// The inputs a listener's route is built from: a change in any rebuilds it.
+/// The inputs a listener's route is built from: a change in any rebuilds it. Health check
+/// settings are not among them: verdicts are read per request.
 #[derive(PartialEq)]
 struct RouteInputs {
     load_balancer_id: String,
-    listener: Listener,
+    listener_port: u16,
+    scheduler: Scheduler,
     http: HttpSettings,
     members: Vec<Member>,
 }
@@ -119,7 +121,8 @@ impl Proxy {
                 }
                 let inputs = RouteInputs {
                     load_balancer_id: lb.load_balancer_id.clone(),
-                    listener: l.clone(),
+                    listener_port: l.listener_port,
+                    scheduler: l.scheduler,
                     http: http.clone(),
                     members: cfg.listener_members(lb, l),
                 };
@@ -183,15 +186,14 @@ impl Proxy {
     }
 
     fn route(health: &Arc<Status>, inputs: &RouteInputs, vip: IpAddr) -> Route {
-        let l = &inputs.listener;
         Route {
-            name: format!("{}/http/{}", inputs.load_balancer_id, l.listener_port),
+            name: format!("{}/http/{}", inputs.load_balancer_id, inputs.listener_port),
             load_balancer_id: inputs.load_balancer_id.clone(),
             vip,
-            listener_port: l.listener_port,
+            listener_port: inputs.listener_port,
             scheme: "http",
             http: inputs.http.clone(),
-            pool: Pool::new(inputs.members.clone(), l.scheduler),
+            pool: Pool::new(inputs.members.clone(), inputs.scheduler),
             health: health.clone(),
         }
     }
