@@ -207,7 +207,19 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    let long_running = matches!(
+        cli.cmd,
+        Cmd::Serve { .. } | Cmd::BenchXdp { .. } | Cmd::BenchApi { .. } | Cmd::BenchHealth { .. }
+    );
+    if !long_running {
+        // An operator command piped into `head` ends quietly, as Unix tools do, instead of
+        // panicking on the closed stdout. The agent and the benchmarks keep Rust's default
+        // (SIGPIPE ignored): a peer closing one of their many sockets must not kill them.
+        // SAFETY: restoring the default disposition of one signal, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match cli.cmd {
         Cmd::Serve {
             config,
             iface,
