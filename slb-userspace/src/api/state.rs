@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::store::{Change, Store, StoreError};
-use crate::config::{self, export, Acl, Agent, Config, LoadBalancer};
+use crate::config::{
+    self, export, Acl, Agent, Certificates, Config, LoadBalancer, ServerCertificate,
+};
 
 /// API-only attributes of an instance (the data plane needs none of them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +215,22 @@ impl Model {
             servers: self.servers.clone(),
             acls: self.acls.clone(),
             load_balancers: self.lbs.values().cloned().collect(),
+            certificates: Certificates {
+                server: self
+                    .certs
+                    .iter()
+                    .filter_map(|(id, c)| {
+                        let key_pem = c.key_pem.clone()?;
+                        let chain_pem = c.chain_pem.clone();
+                        Some((id.clone(), ServerCertificate { chain_pem, key_pem }))
+                    })
+                    .collect(),
+                ca: self
+                    .ca_certs
+                    .iter()
+                    .map(|(id, c)| (id.clone(), c.chain_pem.clone()))
+                    .collect(),
+            },
         }
     }
 

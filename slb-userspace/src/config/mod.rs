@@ -137,6 +137,7 @@ fn read_config(root: &mut TomlParams<'_>) -> (Config, Vec<Issue>) {
         servers,
         acls,
         load_balancers: lbs.into_iter().map(|(_, lb)| lb).collect(),
+        certificates: Certificates::default(),
     };
     (config, issues)
 }

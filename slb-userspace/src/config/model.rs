@@ -13,6 +13,30 @@ pub struct Config {
     pub servers: BTreeMap<String, IpAddr>,
     pub acls: Vec<Acl>,
     pub load_balancers: Vec<LoadBalancer>,
+    pub certificates: Certificates,
+}
+
+/// The certificates HTTPS listeners present and trust, by ID: uploaded through the API, or
+/// read from the PEM files the configuration file names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Certificates {
+    pub server: BTreeMap<String, ServerCertificate>,
+    /// CA certificates (PEM) that verify client certificates (B10.9).
+    pub ca: BTreeMap<String, String>,
+}
+
+/// A certificate chain (leaf first) and its unencrypted private key, both PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerCertificate {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    // The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! route on `lo`) and listens on VIP:port. Listeners start, change and stop one by one: a
 //! changed listener keeps its socket and connections, a stopped one stops accepting and lets
 //! its in-flight requests finish.
+pub mod domain;
 pub mod forward;
 pub mod pool;
 
