@@ -169,6 +169,7 @@ pub fn run() -> anyhow::Result<Report> {
         applied_rx,
         // No checks run here: every member reads `unavailable`.
         crate::health::Engine::new().status(),
+        Default::default(),
     );
     let api = Arc::new(api);
     let first = published.borrow_and_update().clone();

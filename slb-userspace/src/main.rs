@@ -431,6 +431,7 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
         cfg.agent.clone(),
         applied_rx,
         services.checks.status(),
+        services.proxy.metrics(),
     );
     let api = std::sync::Arc::new(api);
     let mut current = published.borrow_and_update().clone();

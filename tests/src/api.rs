@@ -62,6 +62,7 @@ impl TestApi {
             applied_rx,
             // No checks run here: every member reads `unavailable`.
             slb::health::Engine::new().status(),
+            Default::default(),
         );
         let api = Arc::new(api);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

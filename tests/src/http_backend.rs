@@ -1,6 +1,7 @@
 //! An HTTP backend for tests, running on threads in a network namespace, whose answers a test
 //! can change while it runs. It answers `<code> Test` with `X-Backend: <name>` and, except to
-//! HEAD, the request's head as the body; it records each request's head.
+//! HEAD, the request's head as the body; it records each request's head. A WebSocket upgrade
+//! request is switched (`101`) and each text frame then echoed.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -22,6 +23,8 @@ pub struct Behaviour {
     pub code: u16,
     pub delay: Duration,
     pub hang: bool,
+    /// Sent as `Content-Type` when not empty.
+    pub content_type: &'static str,
 }
 
 pub struct HttpBackend {
@@ -50,6 +53,7 @@ impl HttpBackend {
             code,
             delay,
             hang: false,
+            content_type: "",
         }));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -147,11 +151,21 @@ fn serve(
             }
             thread::sleep(POLL);
         };
+        if head
+            .to_ascii_lowercase()
+            .contains("\r\nupgrade: websocket\r\n")
+        {
+            return websocket_echo(stream, &head, name);
+        }
         let is_head = head.starts_with("HEAD ");
         let close = head.to_ascii_lowercase().contains("\r\nconnection: close")
             || head.contains(" HTTP/1.0\r\n");
+        let content_type = match b.content_type {
+            "" => String::new(),
+            t => format!("Content-Type: {t}\r\n"),
+        };
         let mut out = format!(
-            "HTTP/1.1 {} Test\r\nX-Backend: {name}\r\nContent-Length: {}\r\n{}\r\n",
+            "HTTP/1.1 {} Test\r\nX-Backend: {name}\r\n{content_type}Content-Length: {}\r\n{}\r\n",
             b.code,
             head.len(),
             if close { "Connection: close\r\n" } else { "" }
@@ -161,6 +175,62 @@ fn serve(
             out.extend_from_slice(head.as_bytes());
         }
         if stream.write_all(&out).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// RFC 6455 §4.2.2: the accept value for a client's key.
+pub fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC11B65"));
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// Switches protocols and echoes short text frames (unmasked, prefixed with the backend's
+/// name) until the client closes.
+fn websocket_echo(mut stream: TcpStream, head: &str, name: &str) {
+    let Some(key) = head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| v.trim().to_string())
+    }) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        websocket_accept(&key)
+    );
+    if stream.write_all(answer.as_bytes()).is_err() {
+        return;
+    }
+    loop {
+        let mut hdr = [0u8; 6];
+        if stream.read_exact(&mut hdr).is_err() {
+            return;
+        }
+        // Client frames are masked; short payloads only (a test's).
+        let len = usize::from(hdr[1] & 0x7f);
+        if len >= 126 || hdr[0] & 0x0f == 0x8 {
+            return;
+        }
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).is_err() {
+            return;
+        }
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= hdr[2 + i % 4];
+        }
+        let mut reply = format!("{name}:").into_bytes();
+        reply.extend_from_slice(&payload);
+        if reply.len() >= 126 {
+            return;
+        }
+        let mut frame = vec![0x81, reply.len() as u8];
+        frame.extend_from_slice(&reply);
+        if stream.write_all(&frame).is_err() {
             return;
         }
     }

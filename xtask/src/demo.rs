@@ -32,6 +32,9 @@ const BACKENDS: usize = 3;
 /// The demo config's `BackendServerPort`s.
 const BACKEND_TCP_PORT: u16 = 8080;
 const BACKEND_UDP_PORT: u16 = 5353;
+const BACKEND_HTTP_PORT: u16 = 8081;
+/// The name in the demo HTTPS listener's certificate (`xtask/demo/demo-cert.pem`).
+const DEMO_HOST: &str = "demo.slb.example";
 /// How long the agent may take to print `slb ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -162,6 +165,10 @@ fn print_try_it(lab: &Lab, slb: &Path, pin_path: &Path, keys: &Path) {
     let (vip4, vip6) = (lab.vip_v4(), lab.vip_v6());
     let slb = shown(slb);
     println!(
+        "HTTP: ip netns exec {client} curl -s http://{vip4}:8000/  \
+         HTTPS (HTTP/2): ip netns exec {client} curl -sk --resolve {DEMO_HOST}:443:{vip4} https://{DEMO_HOST}/"
+    );
+    println!(
         "demo up: ip netns exec {client} nc -w1 {vip4} 80 </dev/null  (TCP; also: \
          echo hi | ip netns exec {client} nc -u -w1 {vip4} 53, \
          ip netns exec {client} nc -w1 {vip6} 80 </dev/null; \
@@ -216,7 +223,8 @@ fn shown(path: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-/// Each backend answers TCP and UDP on v4 and v6, named `b<i>` so replies show who answered.
+/// Each backend answers TCP and UDP on v4 and v6, and HTTP on v4, named `b<i>` so replies show
+/// who answered.
 fn start_services(lab: &Lab) -> Result<Vec<Service>> {
     let mut services = Vec::new();
     for (i, backend) in lab.backends().iter().enumerate() {
@@ -227,6 +235,8 @@ fn start_services(lab: &Lab) -> Result<Vec<Service>> {
             services.push(lab::spawn_tcp_service(&backend.ns, tcp, &name)?);
             services.push(lab::spawn_udp_service(&backend.ns, udp, &name)?);
         }
+        let http = SocketAddr::new(backend.v4.into(), BACKEND_HTTP_PORT);
+        services.push(lab::spawn_http_service(&backend.ns, http, &name)?);
     }
     Ok(services)
 }

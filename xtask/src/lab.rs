@@ -390,6 +390,22 @@ fn lock(peers: &Mutex<Vec<SocketAddr>>) -> std::sync::MutexGuard<'_, Vec<SocketA
 
 /// Starts a TCP [`Service`] listening on `bind` inside namespace `ns`.
 pub fn spawn_tcp_service(ns: &str, bind: SocketAddr, name: &str) -> Result<Service> {
+    spawn_stream_service(ns, bind, name, serve_tcp)
+}
+
+/// Starts an HTTP/1.1 [`Service`] on `bind` inside `ns`: every request gets `200` with the body
+/// `<name> <peer>\n`, on keep-alive connections.
+pub fn spawn_http_service(ns: &str, bind: SocketAddr, name: &str) -> Result<Service> {
+    spawn_stream_service(ns, bind, name, serve_http)
+}
+
+/// `serve` runs per connection with the line `<name> <peer>\n`.
+fn spawn_stream_service(
+    ns: &str,
+    bind: SocketAddr,
+    name: &str,
+    serve: fn(TcpStream, &str, &AtomicBool),
+) -> Result<Service> {
     let listener = in_netns(ns, move || TcpListener::bind(bind))?
         .with_context(|| format!("binding TCP {bind} in {ns}"))?;
     // Non-blocking so the accept loop can notice the stop flag.
@@ -400,7 +416,7 @@ pub fn spawn_tcp_service(ns: &str, bind: SocketAddr, name: &str) -> Result<Servi
         let (peers, stop, name) = (Arc::clone(&peers), Arc::clone(&stop), name.to_string());
         thread::Builder::new()
             .name(format!("tcp {name}"))
-            .spawn(move || tcp_accept_loop(&listener, &name, &peers, &stop))?
+            .spawn(move || tcp_accept_loop(&listener, &name, &peers, &stop, serve))?
     };
     Ok(Service {
         local_addr,
@@ -415,6 +431,7 @@ fn tcp_accept_loop(
     name: &str,
     peers: &Arc<Mutex<Vec<SocketAddr>>>,
     stop: &Arc<AtomicBool>,
+    serve: fn(TcpStream, &str, &AtomicBool),
 ) {
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -424,7 +441,7 @@ fn tcp_accept_loop(
                 let (stop, line) = (Arc::clone(stop), format!("{name} {peer}\n"));
                 // A failed spawn just drops this connection; the client sees it closed.
                 if let Ok(handle) =
-                    thread::Builder::new().spawn(move || serve_tcp(stream, &line, &stop))
+                    thread::Builder::new().spawn(move || serve(stream, &line, &stop))
                 {
                     connections.push(handle);
                 }
@@ -459,6 +476,35 @@ fn serve_tcp(mut stream: TcpStream, line: &str, stop: &AtomicBool) {
                     return;
                 }
             }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn serve_http(mut stream: TcpStream, line: &str, stop: &AtomicBool) {
+    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(POLL)).is_err() {
+        return;
+    }
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{line}",
+        line.len()
+    );
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        // Requests without bodies (what the demo's clients send), one answer per head.
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            if stream.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(len) => pending.extend_from_slice(&buf[..len]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return,

@@ -191,6 +191,28 @@ impl fmt::Debug for ServerCert {
     }
 }
 
+/// The DNS names a certificate serves: its subjectAltNames, or its CN when it has none.
+pub fn served_names<'a>(common_name: &'a str, sans: &'a [String]) -> impl Iterator<Item = &'a str> {
+    let cn = sans.is_empty().then_some(common_name);
+    sans.iter().map(String::as_str).chain(cn)
+}
+
+/// B10.17: `domain` (exact or `*.` wildcard) is one the certificate serves: the same name, or an
+/// exact name one label below a wildcard name of the certificate.
+pub fn covers<'a>(mut names: impl Iterator<Item = &'a str>, domain: &str) -> bool {
+    let domain = domain.to_ascii_lowercase();
+    names.any(|name| {
+        let name = name.to_ascii_lowercase();
+        if name == domain {
+            return true;
+        }
+        match (name.strip_prefix("*."), domain.split_once('.')) {
+            (Some(suffix), Some((label, rest))) => label != "*" && rest == suffix,
+            _ => false,
+        }
+    })
+}
+
 /// Validates a server certificate upload: `ServerCertificate` PEM (leaf first, optional chain after
 /// it) and `PrivateKey` PEM. Returns the info plus the normalised PEMs to store.
 pub fn validate_server_certificate(cert_pem: &str, key_pem: &str) -> Result<ServerCert, CertError> {

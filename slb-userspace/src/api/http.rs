@@ -300,7 +300,7 @@ async fn handle(
         return reply(
             200,
             (
-                api.health().render_metrics(),
+                api.render_metrics(),
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
         );

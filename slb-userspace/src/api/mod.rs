@@ -176,6 +176,7 @@ pub struct Api {
     publish: watch::Sender<Published>,
     applied: watch::Receiver<u64>,
     health: Arc<crate::health::Status>,
+    requests: Arc<crate::proxy::access::Metrics>,
 }
 
 impl Api {
@@ -186,6 +187,7 @@ impl Api {
         agent: config::Agent,
         applied: watch::Receiver<u64>,
         health: Arc<crate::health::Status>,
+        requests: Arc<crate::proxy::access::Metrics>,
     ) -> (Api, watch::Receiver<Published>) {
         let first = Published {
             generation: state.generation,
@@ -200,14 +202,16 @@ impl Api {
                 publish,
                 applied,
                 health,
+                requests,
             },
             rx,
         )
     }
 
-    /// Health check verdicts and counters (`GET /metrics`).
-    pub fn health(&self) -> &crate::health::Status {
-        &self.health
+    /// `GET /metrics`: health check verdicts and counters, and the HTTP/HTTPS listeners'
+    /// request counters, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.health.render_metrics() + &self.requests.render()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -57,6 +57,30 @@ pub struct CertRecord {
     pub key_pem: Option<String>,
 }
 
+impl CertRecord {
+    pub fn new(
+        name: String,
+        info: super::cert::CertInfo,
+        chain_pem: String,
+        key_pem: Option<String>,
+        resource_group_id: String,
+        create_time_ms: i64,
+    ) -> CertRecord {
+        CertRecord {
+            name,
+            fingerprint: info.fingerprint,
+            common_name: info.common_name,
+            subject_alternative_names: info.subject_alternative_names,
+            expire_time: info.expire_time,
+            expire_timestamp_ms: info.expire_timestamp_ms,
+            resource_group_id,
+            create_time_ms,
+            chain_pem,
+            key_pem,
+        }
+    }
+}
+
 impl std::fmt::Debug for CertRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertRecord")
@@ -236,7 +260,25 @@ impl Model {
 
     /// Loads and seeds from a configuration file's resources (used when the store is new).
     pub fn from_config(cfg: &Config) -> Model {
+        use super::cert;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        // The file's certificates passed the same validation when it was read.
+        let certs = cfg.certificates.server.iter().filter_map(|(id, c)| {
+            let v = cert::validate_server_certificate(&c.chain_pem, &c.key_pem).ok()?;
+            let key = Some(v.key_pem);
+            let rec = CertRecord::new(id.clone(), v.info, v.chain_pem, key, String::new(), now);
+            Some((id.clone(), rec))
+        });
+        let ca_certs = cfg.certificates.ca.iter().filter_map(|(id, pem)| {
+            let info = cert::validate_ca_certificate(pem).ok()?;
+            let rec = CertRecord::new(id.clone(), info, pem.clone(), None, String::new(), now);
+            Some((id.clone(), rec))
+        });
         Model {
+            certs: certs.collect(),
+            ca_certs: ca_certs.collect(),
             servers: cfg.servers.clone(),
             acls: cfg.acls.clone(),
             lbs: cfg

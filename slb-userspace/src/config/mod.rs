@@ -43,11 +43,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    parse_at(&text, &path.display().to_string(), path.parent())
 }
 
 /// Parses and validates configuration text; `file_name` is only used in error locations.
+/// Certificate files cannot be named: they are read relative to a file on disk ([`load`]).
 pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+    parse_at(text, file_name, None)
+}
+
+/// `dir`: the directory certificate file names are relative to.
+fn parse_at(text: &str, file_name: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
     let doc = ImDocument::parse(text).map_err(|e| {
         let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
         ConfigError::Syntax {
@@ -58,7 +64,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
         }
     })?;
     let mut root = TomlParams::new(doc.as_table());
-    let (config, issues) = read_config(&mut root);
+    let (config, issues) = read_config(&mut root, dir);
     match issues.is_empty() {
         true => Ok(config),
         false => {
@@ -80,7 +86,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
     }
 }
 
-fn read_config(root: &mut TomlParams<'_>) -> (Config, Vec<Issue>) {
+fn read_config(root: &mut TomlParams<'_>, dir: Option<&Path>) -> (Config, Vec<Issue>) {
     let mut issues = Vec::new();
     let mut agent = match root.table("Agent") {
         Ok(Some(mut t)) => read_agent(&mut t, &mut issues),
@@ -130,6 +136,12 @@ fn read_config(root: &mut TomlParams<'_>) -> (Config, Vec<Issue>) {
         }
     }
     check_across_load_balancers(&mut r, &lbs);
+    let (certificates, names) = read_certificates(&mut r, dir);
+    // Without [Api] the file is the whole configuration, so its listeners' certificates must
+    // be in it. Indices only match the file when everything parsed.
+    if dir.is_some() && agent.api.is_none() && r.issues.is_empty() && issues.is_empty() {
+        check_certificate_references(&mut r, &lbs, &certificates, &names);
+    }
     let issues_tail = r.finish(&[], "the configuration file");
     issues.extend(issues_tail);
     let config = Config {
@@ -137,7 +149,7 @@ fn read_config(root: &mut TomlParams<'_>) -> (Config, Vec<Issue>) {
         servers,
         acls,
         load_balancers: lbs.into_iter().map(|(_, lb)| lb).collect(),
-        certificates: Certificates::default(),
+        certificates,
     };
     (config, issues)
 }
@@ -397,6 +409,154 @@ fn read_servers<P: Params>(r: &mut Read<'_, P>) -> BTreeMap<String, IpAddr> {
     servers
 }
 
+/// `[[ServerCertificates]]` (`ServerCertificateId`, `ServerCertificate`, `PrivateKey`) and
+/// `[[CACertificates]]` (`CACertificateId`, `CACertificate`): PEM files relative to the
+/// configuration file, validated like uploads (B10.1–B10.4). With `[Api]` they seed a new
+/// state store, like the file's other resources. Also returns the names each server
+/// certificate serves (B10.17).
+fn read_certificates<P: Params>(
+    r: &mut Read<'_, P>,
+    dir: Option<&Path>,
+) -> (Certificates, HashMap<String, Vec<String>>) {
+    let mut certs = Certificates::default();
+    let mut names = HashMap::new();
+    for section in ["ServerCertificates", "CACertificates"] {
+        let server = section == "ServerCertificates";
+        let id_name = if server {
+            "ServerCertificateId"
+        } else {
+            "CACertificateId"
+        };
+        let pem_name = if server {
+            "ServerCertificate"
+        } else {
+            "CACertificate"
+        };
+        for (i, mut obj) in r
+            .objects(section)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let mut c = Read::new(&mut obj);
+            let id = c.required_id(id_name, "§4");
+            if dir.is_none() {
+                let message = "certificate files are only read from a configuration file on disk";
+                c.issue(id_name, ApiCode::InvalidParameter, "§4", message);
+            }
+            let pem = |c: &mut Read<'_, _>, field: &str| {
+                let name = c.string(field);
+                if name.is_none() {
+                    c.missing(field, "B10.1");
+                }
+                let path = dir?.join(name?);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(text),
+                    Err(e) => {
+                        let message = format!("reading {}: {e}", path.display());
+                        c.issue(field, ApiCode::InvalidParameter, "B10.1", message);
+                        None
+                    }
+                }
+            };
+            let cert = pem(&mut c, pem_name);
+            let key = if server {
+                pem(&mut c, "PrivateKey")
+            } else {
+                None
+            };
+            match (id, cert, key) {
+                (Some(id), Some(cert), Some(key)) => {
+                    match crate::api::cert::validate_server_certificate(&cert, &key) {
+                        Ok(v) => {
+                            let served = crate::api::cert::served_names(
+                                &v.info.common_name,
+                                &v.info.subject_alternative_names,
+                            );
+                            names.insert(id.clone(), served.map(str::to_string).collect());
+                            let (chain_pem, key_pem) = (v.chain_pem, v.key_pem);
+                            certs
+                                .server
+                                .insert(id, ServerCertificate { chain_pem, key_pem });
+                        }
+                        Err(e) => {
+                            c.issue(pem_name, ApiCode::InvalidParameter, "B10.4", e.message())
+                        }
+                    }
+                }
+                (Some(id), Some(cert), None) if !server => {
+                    match crate::api::cert::validate_ca_certificate(&cert) {
+                        Ok(_) => {
+                            certs.ca.insert(id, cert);
+                        }
+                        Err(e) => {
+                            c.issue(pem_name, ApiCode::InvalidParameter, "B10.1", e.message())
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let known = [id_name, pem_name, "PrivateKey"];
+            let issues = c.finish(&known[..if server { 3 } else { 2 }], section);
+            r.extend(&format!("{section}[{i}]"), issues);
+        }
+    }
+    (certs, names)
+}
+
+/// Every certificate an HTTPS listener or domain extension names is in the file, and an
+/// extension's domain is one its certificate serves (B10.17).
+fn check_certificate_references<P: Params>(
+    r: &mut Read<'_, P>,
+    lbs: &[(usize, LoadBalancer)],
+    certs: &Certificates,
+    names: &HashMap<String, Vec<String>>,
+) {
+    for (i, lb) in lbs {
+        for (j, l) in lb.listeners.iter().enumerate() {
+            let Some(tls) = l.http.as_ref().and_then(|h| h.tls.as_ref()) else {
+                continue;
+            };
+            let at = format!("LoadBalancers[{i}].Listeners[{j}]");
+            let unknown = |r: &mut Read<'_, P>, path: String, id: &str, section: &str| {
+                let message = format!("certificate {id:?} is not in [[{section}]]");
+                r.issue(path, ApiCode::InvalidParameter, "§4", message);
+            };
+            if !certs.server.contains_key(&tls.server_certificate_id) {
+                let path = format!("{at}.ServerCertificateId");
+                unknown(r, path, &tls.server_certificate_id, "ServerCertificates");
+            }
+            if let Some(ca) = tls.ca_certificate_id.as_ref() {
+                if !certs.ca.contains_key(ca) {
+                    unknown(r, format!("{at}.CACertificateId"), ca, "CACertificates");
+                }
+            }
+            for (k, e) in tls.domain_extensions.iter().enumerate() {
+                let at = format!("{at}.DomainExtensions[{k}]");
+                let Some(served) = names.get(&e.server_certificate_id) else {
+                    let path = format!("{at}.ServerCertificateId");
+                    unknown(r, path, &e.server_certificate_id, "ServerCertificates");
+                    continue;
+                };
+                if !crate::api::cert::covers(served.iter().map(String::as_str), &e.domain) {
+                    let message = format!(
+                        "certificate {} is for {}, not {}",
+                        e.server_certificate_id,
+                        served.join(", "),
+                        e.domain
+                    );
+                    r.issue(
+                        format!("{at}.Domain"),
+                        ApiCode::InvalidParameter,
+                        "B10.17",
+                        message,
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Config {
     /// The address a `ServerId` stands for.
     pub fn resolve_server(&self, server_id: &str) -> Option<IpAddr> {
@@ -407,6 +567,32 @@ impl Config {
     /// duplicate wins, B4.10). Default-group members serve on the listener's BackendServerPort
     /// (B4.1); group members on their own port (B4.2).
     pub fn listener_members(&self, lb: &LoadBalancer, listener: &Listener) -> Vec<Member> {
+        self.group_members(lb, &listener.group, listener.backend_server_port)
+    }
+
+    /// Members of the listener's group and of its forwarding rules' groups (§11), each once:
+    /// the backends an HTTP/HTTPS listener sends requests to.
+    pub fn serving_members(&self, lb: &LoadBalancer, listener: &Listener) -> Vec<Member> {
+        let mut all = self.listener_members(lb, listener);
+        for rule in listener.http.iter().flat_map(|h| &h.rules) {
+            let group = GroupRef::VServerGroup(rule.vserver_group_id.clone());
+            for m in self.group_members(lb, &group, None) {
+                if !all.iter().any(|a| a.addr == m.addr && a.port == m.port) {
+                    all.push(m);
+                }
+            }
+        }
+        all
+    }
+
+    /// Resolved members of a server group; `backend_server_port` is where default-group
+    /// members serve.
+    pub fn group_members(
+        &self,
+        lb: &LoadBalancer,
+        group: &GroupRef,
+        backend_server_port: Option<u16>,
+    ) -> Vec<Member> {
         let member = |server_id: &str, port: u16, weight: u8, role: MemberRole| {
             self.resolve_server(server_id).map(|addr| Member {
                 server_id: server_id.to_string(),
@@ -416,8 +602,8 @@ impl Config {
                 role,
             })
         };
-        match &listener.group {
-            GroupRef::Default => match listener.backend_server_port {
+        match group {
+            GroupRef::Default => match backend_server_port {
                 Some(port) => lb
                     .backend_servers
                     .iter()

@@ -104,7 +104,7 @@ pub fn plan(cfg: &Config) -> BTreeMap<Check, Vec<Subject>> {
             if l.status != ListenerStatus::Running || !hc.enabled || redirects {
                 continue;
             }
-            for m in cfg.listener_members(lb, l) {
+            for m in cfg.serving_members(lb, l) {
                 let probe = match &hc.probe {
                     Probe::Tcp => ProbeKind::Tcp,
                     Probe::Http(p) => ProbeKind::Http {

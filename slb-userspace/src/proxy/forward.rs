@@ -1,23 +1,26 @@
-//! One client request through a layer-7 listener (§9): pick a backend, rewrite the headers,
-//! forward over HTTP/1.x and relay the answer, or answer 502/503/504 ourselves.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+//! One client request through a layer-7 listener (§9): redirect, or pick a backend (forwarding
+//! rule, sticky cookie, scheduler), rewrite the headers, forward over HTTP/1.x and relay the
+//! answer (compressed, with its cookie), or answer 502/503/504 ourselves. WebSocket upgrades
+//! become a byte tunnel (B9.18).
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
 use hyper::{
     body::Incoming,
-    header::{HeaderName, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
+    upgrade::OnUpgrade,
     HeaderMap, Request, Response, StatusCode, Version,
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::Route;
+use super::{
+    access::{self, Record},
+    backend::{self, Conn, Failure},
+    bandwidth, gzip, rules, sticky, Route, Shared,
+};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// The TCP handshake to a backend gives up after this and tries the next backend (B9.10).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Headers that describe one hop's connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -48,7 +51,7 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     );
     *r.status_mut() = status;
     r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
+        header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
@@ -57,7 +60,7 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -71,15 +74,62 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// An HTTP/1.1 request to switch protocols (WebSocket, B9.18).
+fn upgrade_of(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    let connection_says = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    (version == Version::HTTP_11 && connection_says)
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// The request's host: the Host header, or the HTTP/2 authority.
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
 /// The request as the backend gets it: HTTP/1.1 for 1.1 and 2 clients, 1.0 otherwise (B9.13),
-/// `X-Forwarded-For` extended with the client (B9.1) and the switched headers set (B9.2–B9.4).
+/// `X-Forwarded-For` extended with the client (B9.1) and the switched headers set (B9.2–B9.5).
 fn backend_request(
     mut req: Request<Incoming>,
     route: &Route,
     client: SocketAddr,
+    host: Option<&str>,
+    upgrade: Option<HeaderValue>,
 ) -> Request<Incoming> {
+    let version = req.version();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if version == Version::HTTP_2 {
+        // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+        let cookies: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if cookies.len() > 1 {
+            if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+        if !headers.contains_key(header::HOST) {
+            if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
     for n in OWN {
         headers.remove(n);
     }
@@ -112,50 +162,57 @@ fn backend_request(
         "x-forwarded-client-srcport",
         &client.port().to_string(),
     );
-    let version = req.version();
     *req.version_mut() = match version {
         Version::HTTP_11 | Version::HTTP_2 => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Absolute-form targets become origin-form; the Host header carries the authority.
-    if let Some(pq) = req.uri().path_and_query().cloned() {
-        if req.uri().authority().is_some() {
-            if let Ok(uri) = pq.as_str().parse() {
-                *req.uri_mut() = uri;
-            }
+    // Absolute-form targets and HTTP/2 URIs become origin-form; Host carries the authority.
+    if req.uri().authority().is_some() {
+        if let Some(uri) = req
+            .uri()
+            .path_and_query()
+            .and_then(|pq| pq.as_str().parse().ok())
+        {
+            *req.uri_mut() = uri;
         }
     }
     req
 }
 
-enum Failure {
-    /// The backend broke the exchange.
-    Exchange,
-    /// No response head within `RequestTimeout`.
-    Timeout,
+/// B9.20: `301` to `https://<host without port>[:<port> unless 443]<path and query>`.
+fn redirect(route: &Route, host: Option<&str>, target: &str, port: u16) -> Response<Body> {
+    let name = match host.map(rules::without_port).filter(|h| !h.is_empty()) {
+        Some(h) if h.contains(':') => format!("[{h}]"),
+        Some(h) => h.to_string(),
+        None => bracketed(route.vip),
+    };
+    let location = match port {
+        443 => format!("https://{name}{target}"),
+        _ => format!("https://{name}:{port}{target}"),
+    };
+    let mut r = text(StatusCode::MOVED_PERMANENTLY, "301 moved permanently\n");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
-async fn exchange(
-    addr: SocketAddr,
-    stream: TcpStream,
-    req: Request<Incoming>,
-    timeout: Duration,
-) -> Result<Response<Incoming>, Failure> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Failure::Exchange)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            log::debug!("backend connection {addr}: {e}");
-        }
-    });
-    match tokio::time::timeout(timeout, sender.send_request(req)).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => {
-            log::debug!("backend {addr}: {e}");
-            Err(Failure::Exchange)
-        }
-        Err(_) => Err(Failure::Timeout),
+fn bracketed(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// Relays bytes both ways once both sides have switched protocols.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, addr: SocketAddr) {
+    let (Ok(c), Ok(b)) = tokio::join!(client, backend) else {
+        log::debug!("upgrade to {addr} not completed");
+        return;
+    };
+    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+        log::debug!("tunnel to {addr}: {e}");
     }
 }
 
@@ -165,47 +222,147 @@ pub async fn handle(
     req: Request<Incoming>,
     route: Arc<Route>,
     client: SocketAddr,
+    shared: Arc<Shared>,
 ) -> Response<Body> {
-    let order = route.pool.order(|m| route.usable(m));
+    let start = Instant::now();
+    let host = host_of(&req);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+    let mut record = Record {
+        listener: route.name.clone(),
+        client,
+        method: req.method().to_string(),
+        host: host.clone().unwrap_or_default(),
+        path: target.clone(),
+        version: match req.version() {
+            Version::HTTP_2 => "2",
+            Version::HTTP_11 => "1.1",
+            Version::HTTP_10 => "1.0",
+            _ => "0.9",
+        },
+        backend: None,
+        status: StatusCode::OK,
+        start,
+        head: Default::default(),
+    };
+    let (resp, backend) = respond(req, &route, client, &shared, host, &target).await;
+    record.backend = backend;
+    record.status = resp.status();
+    record.head = start.elapsed();
+    let resp = match &route.bandwidth {
+        Some(bucket) => bandwidth::limited(resp, bucket.clone()),
+        None => resp,
+    };
+    access::logged(resp, record, shared.metrics.clone())
+}
+
+async fn respond(
+    mut req: Request<Incoming>,
+    route: &Arc<Route>,
+    client: SocketAddr,
+    shared: &Shared,
+    host: Option<String>,
+    target: &str,
+) -> (Response<Body>, Option<SocketAddr>) {
+    if let Some(port) = route.http.forward_port {
+        return (redirect(route, host.as_deref(), target, port), None);
+    }
+    let path = req.uri().path().to_string();
+    let group = rules::select(&route.http.rules, host.as_deref(), &path)
+        .and_then(|rule| route.http.rules.iter().position(|r| std::ptr::eq(r, rule)));
+    let pool = route.pool(group);
+    let mut order = pool.order(|m| route.usable(m));
     if order.is_empty() {
-        return text(
+        let r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 no backend available\n",
         );
+        return (r, None);
     }
+    let sticky = &route.http.sticky_session;
+    let wanted = sticky::requested(sticky, req.headers_mut());
+    // B6.8: a cookie for a backend that is gone or unusable is ignored.
+    if let Some(at) = wanted
+        .as_deref()
+        .and_then(|t| order.iter().position(|i| sticky::token(pool.addr(*i)) == t))
+    {
+        let pinned = order.remove(at);
+        order.insert(0, pinned);
+    }
+    let upgrade = upgrade_of(req.headers(), req.version());
     let mut connected = None;
     for i in order {
-        let addr = route.pool.addr(i);
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                connected = Some((i, addr, s));
+        let addr = pool.addr(i);
+        if upgrade.is_none() {
+            if let Some(conn) = shared.backends.take(addr) {
+                connected = Some((i, addr, conn));
                 break;
             }
-            Ok(Err(e)) => log::debug!("{}: backend {addr}: {e}", route.name),
-            Err(_) => log::debug!("{}: backend {addr}: connect timed out", route.name),
+        }
+        match backend::connect(addr).await {
+            Ok(s) => {
+                connected = Some((i, addr, Conn::Fresh(s)));
+                break;
+            }
+            Err(e) => log::debug!("{}: backend {addr}: {e}", route.name),
         }
     }
-    let Some((i, addr, stream)) = connected else {
-        return text(StatusCode::BAD_GATEWAY, "502 bad gateway\n");
+    let Some((i, addr, conn)) = connected else {
+        return (text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"), None);
     };
-    let req = backend_request(req, &route, client);
-    let timeout = Duration::from_secs(route.http.request_timeout.into());
+    let method = req.method().clone();
+    let gzip = route.http.gzip && gzip::accepts(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let upgrading = upgrade.is_some();
+    let req = backend_request(req, route, client, host.as_deref(), upgrade);
+    let timeout = std::time::Duration::from_secs(route.http.request_timeout.into());
     // On its own task, so a client that goes away does not cut the backend exchange off in
     // the middle (B9.11).
     let task = {
         let route = route.clone();
+        let backends = shared.backends.clone();
         tokio::spawn(async move {
-            let _in_flight = route.pool.start(i);
-            exchange(addr, stream, req, timeout).await
+            let _in_flight = route.pool(group).start(i);
+            backends.exchange(addr, conn, req, timeout, upgrading).await
         })
     };
-    match task.await {
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+    let mut resp = match task.await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(Failure::Timeout)) => {
+            let r = text(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n");
+            return (r, Some(addr));
         }
-        Ok(Err(Failure::Timeout)) => text(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n"),
-        Ok(Err(Failure::Exchange)) | Err(_) => text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
+        Ok(Err(Failure::Exchange)) | Err(_) => {
+            return (
+                text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
+                Some(addr),
+            );
+        }
+    };
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (resp.status(), client_upgrade) {
+        let backend_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_side, backend_side, addr));
+        let (parts, _) = resp.into_parts();
+        let body = Empty::new().map_err(|never| match never {}).boxed();
+        return (Response::from_parts(parts, body), Some(addr));
     }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let token = sticky::token(addr);
+    sticky::respond(
+        sticky,
+        parts.status,
+        wanted.as_deref(),
+        &token,
+        &mut parts.headers,
+    );
+    let resp = Response::from_parts(parts, body.boxed());
+    let resp = if gzip {
+        gzip::compress(&method, resp)
+    } else {
+        resp
+    };
+    (resp, Some(addr))
 }

@@ -1,33 +1,46 @@
-//! The layer-7 proxy (§9): the agent serves HTTP listeners itself. XDP passes their packets to
-//! the kernel stack after the ACL; the agent makes each such VIP a local address (a `local`
-//! route on `lo`) and listens on VIP:port. Listeners start, change and stop one by one: a
-//! changed listener keeps its socket and connections, a stopped one stops accepting and lets
-//! its in-flight requests finish.
+//! The layer-7 proxy (§9–§11): the agent serves HTTP and HTTPS listeners itself. XDP passes
+//! their packets to the kernel stack after the ACL; the agent makes each such VIP a local
+//! address (a `local` route on `lo`) and listens on VIP:port. Listeners start, change and stop
+//! one by one: a changed listener keeps its socket and connections (new connections get the new
+//! settings and certificates, open ones keep theirs), a stopped one stops accepting and lets its
+//! in-flight requests finish. HTTPS speaks HTTP/2 when ALPN picks it (B9.17).
+pub mod access;
+pub mod backend;
+pub mod bandwidth;
 pub mod domain;
 pub mod forward;
+pub mod gzip;
 pub mod pool;
+pub mod rules;
+pub mod sticky;
+pub mod tls;
 
 use std::{
     collections::{BTreeSet, HashMap},
     convert::Infallible,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     process::Command,
     sync::{
         atomic::{AtomicU32, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hyper::{header::HeaderValue, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use openssl::ssl::{Ssl, SslAcceptor};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
 
 use crate::{
-    config::{Config, HttpSettings, InstanceStatus, ListenerStatus, Member, Protocol, Scheduler},
+    config::{
+        Certificates, Config, GroupRef, HttpSettings, InstanceStatus, ListenerStatus, Member,
+        Protocol, Scheduler,
+    },
     health::Status,
 };
 use pool::Pool;
@@ -37,14 +50,21 @@ pub const MAX_REQUESTS_PER_CONNECTION: u32 = 100;
 
 /// What a listener's requests need; replaced as a whole when the listener changes.
 pub struct Route {
-    /// `<LoadBalancerId>/http/<port>`, for logs.
-    pub name: String,
+    /// `<LoadBalancerId>/<protocol>/<port>`, for logs and metrics.
+    pub name: Arc<str>,
     pub load_balancer_id: String,
     pub vip: IpAddr,
     pub listener_port: u16,
     pub scheme: &'static str,
     pub http: HttpSettings,
+    /// The listener's own group.
     pub pool: Pool,
+    /// The group of each forwarding rule, in `http.rules` order.
+    pub rule_pools: Vec<Pool>,
+    /// HTTPS: the TLS server side new connections get.
+    pub tls: Option<Arc<SslAcceptor>>,
+    /// `Bandwidth` (B13.2); `None` is `-1`, no cap.
+    pub bandwidth: Option<Arc<bandwidth::Bucket>>,
     health: Arc<Status>,
 }
 
@@ -59,6 +79,19 @@ impl Route {
                 SocketAddr::new(m.addr, m.port),
             ) != Some(false)
     }
+
+    /// The pool of forwarding rule `rule`, or the listener's own (B11.4).
+    pub fn pool(&self, rule: Option<usize>) -> &Pool {
+        rule.and_then(|r| self.rule_pools.get(r))
+            .unwrap_or(&self.pool)
+    }
+}
+
+/// What every listener shares: backend connections and request metrics.
+#[derive(Default)]
+pub struct Shared {
+    pub backends: Arc<backend::Backends>,
+    pub metrics: Arc<access::Metrics>,
 }
 
 /// The inputs a listener's route is built from: a change in any rebuilds it. Health check
@@ -66,10 +99,15 @@ impl Route {
 #[derive(PartialEq)]
 struct RouteInputs {
     load_balancer_id: String,
+    protocol: Protocol,
     listener_port: u16,
     scheduler: Scheduler,
     http: HttpSettings,
     members: Vec<Member>,
+    rule_members: Vec<Vec<Member>>,
+    bandwidth: Option<u32>,
+    /// The certificates an HTTPS listener uses; a replaced one rebuilds the TLS side.
+    certs: Certificates,
 }
 
 struct Served {
@@ -78,9 +116,10 @@ struct Served {
     stop: watch::Sender<bool>,
 }
 
-/// The HTTP listeners being served.
+/// The HTTP and HTTPS listeners being served.
 pub struct Proxy {
     health: Arc<Status>,
+    shared: Arc<Shared>,
     served: HashMap<SocketAddr, Served>,
     /// VIPs this agent made local.
     local: BTreeSet<IpAddr>,
@@ -95,20 +134,53 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS of {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: tls::TlsError,
+    },
+}
+
+/// The certificates `http`'s TLS side names.
+fn used_certificates(http: &HttpSettings, all: &Certificates) -> Certificates {
+    let mut used = Certificates::default();
+    let Some(tls) = &http.tls else { return used };
+    let server_ids = std::iter::once(&tls.server_certificate_id).chain(
+        tls.domain_extensions
+            .iter()
+            .map(|e| &e.server_certificate_id),
+    );
+    for id in server_ids {
+        if let Some(c) = all.server.get(id) {
+            used.server.insert(id.clone(), c.clone());
+        }
+    }
+    if let Some(id) = &tls.ca_certificate_id {
+        if let Some(c) = all.ca.get(id) {
+            used.ca.insert(id.clone(), c.clone());
+        }
+    }
+    used
 }
 
 impl Proxy {
     pub fn new(health: Arc<Status>) -> Proxy {
         Proxy {
             health,
+            shared: Arc::default(),
             served: HashMap::new(),
             local: BTreeSet::new(),
         }
     }
 
-    /// Serves the running HTTP listeners of active instances in `cfg` and stops the others.
-    /// Must run inside a Tokio runtime. A listener that cannot be served is reported and tried
-    /// again on the next call.
+    /// Request counters of every listener (`GET /metrics`).
+    pub fn metrics(&self) -> Arc<access::Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Serves the running HTTP and HTTPS listeners of active instances in `cfg` and stops the
+    /// others. Must run inside a Tokio runtime. A listener that cannot be served is reported
+    /// and tried again on the next call.
     pub fn apply(&mut self, cfg: &Config) -> Vec<ProxyError> {
         let mut wanted: HashMap<SocketAddr, (RouteInputs, IpAddr)> = HashMap::new();
         for lb in &cfg.load_balancers {
@@ -117,15 +189,27 @@ impl Proxy {
             }
             for l in &lb.listeners {
                 let Some(http) = &l.http else { continue };
-                if l.protocol != Protocol::Http || l.status != ListenerStatus::Running {
+                if l.status != ListenerStatus::Running {
                     continue;
                 }
+                let rule_members = http
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        let group = GroupRef::VServerGroup(r.vserver_group_id.clone());
+                        cfg.group_members(lb, &group, None)
+                    })
+                    .collect();
                 let inputs = RouteInputs {
                     load_balancer_id: lb.load_balancer_id.clone(),
+                    protocol: l.protocol,
                     listener_port: l.listener_port,
                     scheduler: l.scheduler,
                     http: http.clone(),
                     members: cfg.listener_members(lb, l),
+                    rule_members,
+                    bandwidth: l.bandwidth,
+                    certs: used_certificates(http, &cfg.certificates),
                 };
                 wanted.insert(
                     SocketAddr::new(lb.address, l.listener_port),
@@ -143,10 +227,17 @@ impl Proxy {
         });
         let mut errors = Vec::new();
         for (addr, (inputs, vip)) in wanted {
+            let route = match self.route(&inputs, vip) {
+                Ok(r) => r,
+                Err(source) => {
+                    errors.push(ProxyError::Tls { addr, source });
+                    continue;
+                }
+            };
             if let Some(s) = self.served.get_mut(&addr) {
                 if s.inputs != inputs {
-                    s.route
-                        .send_replace(Arc::new(Self::route(&self.health, &inputs, vip)));
+                    // New connections get the new route; open ones keep their TLS session.
+                    s.route.send_replace(Arc::new(route));
                     s.inputs = inputs;
                 }
                 continue;
@@ -162,11 +253,16 @@ impl Proxy {
                     continue;
                 }
             };
-            let (route, route_rx) =
-                watch::channel(Arc::new(Self::route(&self.health, &inputs, vip)));
+            let scheme = route.scheme;
+            let (route, route_rx) = watch::channel(Arc::new(route));
             let (stop, stop_rx) = watch::channel(false);
-            tokio::spawn(accept_loop(listener, route_rx, stop_rx));
-            log::info!("{addr}: serving HTTP");
+            tokio::spawn(accept_loop(
+                listener,
+                route_rx,
+                stop_rx,
+                self.shared.clone(),
+            ));
+            log::info!("{addr}: serving {scheme}");
             self.served.insert(
                 addr,
                 Served {
@@ -186,21 +282,40 @@ impl Proxy {
         errors
     }
 
-    fn route(health: &Arc<Status>, inputs: &RouteInputs, vip: IpAddr) -> Route {
-        Route {
-            name: format!("{}/http/{}", inputs.load_balancer_id, inputs.listener_port),
+    fn route(&self, inputs: &RouteInputs, vip: IpAddr) -> Result<Route, tls::TlsError> {
+        let tls = match &inputs.http.tls {
+            Some(settings) => Some(Arc::new(tls::acceptor(settings, &inputs.certs)?)),
+            None => None,
+        };
+        let scheme = inputs.protocol.as_str();
+        Ok(Route {
+            name: format!(
+                "{}/{scheme}/{}",
+                inputs.load_balancer_id, inputs.listener_port
+            )
+            .into(),
             load_balancer_id: inputs.load_balancer_id.clone(),
             vip,
             listener_port: inputs.listener_port,
-            scheme: "http",
+            scheme,
             http: inputs.http.clone(),
             pool: Pool::new(inputs.members.clone(), inputs.scheduler),
-            health: health.clone(),
-        }
+            rule_pools: inputs
+                .rule_members
+                .iter()
+                .map(|m| Pool::new(m.clone(), inputs.scheduler))
+                .collect(),
+            tls,
+            bandwidth: inputs
+                .bandwidth
+                .map(|mbit| Arc::new(bandwidth::Bucket::new(mbit, Instant::now()))),
+            health: self.health.clone(),
+        })
     }
 
     fn make_local(&mut self, vip: IpAddr) -> Result<(), ProxyError> {
-        if self.local.contains(&vip) {
+        // An address of an interface is local already; its kernel route is not ours to remove.
+        if self.local.contains(&vip) || is_interface_address(vip)? {
             return Ok(());
         }
         local_route("replace", vip)?;
@@ -220,6 +335,21 @@ impl Drop for Proxy {
             }
         }
     }
+}
+
+/// The kernel's own local route for `vip` exists: it is an address of an interface.
+fn is_interface_address(vip: IpAddr) -> Result<bool, ProxyError> {
+    let family = if vip.is_ipv4() { "-4" } else { "-6" };
+    let out = Command::new("ip")
+        .args([family, "route", "show", "table", "local", "exact"])
+        .arg(vip.to_string())
+        .args(["proto", "kernel"])
+        .output()
+        .map_err(|e| ProxyError::LocalRoute {
+            vip,
+            detail: format!("running ip: {e}"),
+        })?;
+    Ok(out.status.success() && !out.stdout.trim_ascii().is_empty())
 }
 
 /// `ip route <verb> local VIP dev lo`: the kernel then delivers what XDP passes for the VIP to
@@ -265,12 +395,19 @@ async fn accept_loop(
     listener: TcpListener,
     route: watch::Receiver<Arc<Route>>,
     mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, route.clone(), stop.clone()));
+                    let conn = Connection {
+                        peer,
+                        route: route.clone(),
+                        stop: stop.clone(),
+                        shared: shared.clone(),
+                    };
+                    tokio::spawn(conn.serve(stream));
                 }
                 Err(e) => {
                     // Out of descriptors or a client that reset first: keep serving.
@@ -283,41 +420,172 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// One client connection.
+struct Connection {
     peer: SocketAddr,
     route: watch::Receiver<Arc<Route>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let idle = Duration::from_secs(route.borrow().http.idle_timeout.into());
-    let served = Arc::new(AtomicU32::new(0));
-    let svc = service_fn(move |req| {
-        let route = route.borrow().clone();
-        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-        async move {
-            let mut resp = forward::handle(req, route, peer).await;
-            if n >= MAX_REQUESTS_PER_CONNECTION {
-                resp.headers_mut()
-                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+}
+
+/// Requests served on a connection and when it last went idle: HTTP/2's idle timeout and
+/// request limit are enforced from this.
+struct Activity {
+    served: AtomicU32,
+    in_flight: AtomicU32,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        (self.in_flight.load(Ordering::Relaxed) == 0).then(|| {
+            self.idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+        })
+    }
+}
+
+/// A request in progress on its connection.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *self
+                .0
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+    }
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let route = self.route.borrow().clone();
+        let idle = Duration::from_secs(route.http.idle_timeout.into());
+        let Some(acceptor) = route.tls.clone() else {
+            return self.serve_http1(TokioIo::new(stream), idle).await;
+        };
+        let handshake = async {
+            let ssl = Ssl::new(acceptor.context())?;
+            let mut tls = tokio_openssl::SslStream::new(ssl, stream)?;
+            Pin::new(&mut tls)
+                .accept()
+                .await
+                .map_err(|e| e.into_io_error().unwrap_or_else(std::io::Error::other))?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tls)
+        };
+        // A client gets IdleTimeout to complete its handshake.
+        let tls = match tokio::time::timeout(idle, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return log::debug!("client {}: TLS handshake: {e}", self.peer),
+            Err(_) => return log::debug!("client {}: TLS handshake timed out", self.peer),
+        };
+        if tls.ssl().selected_alpn_protocol() == Some(b"h2") {
+            self.serve_http2(TokioIo::new(tls), idle).await
+        } else {
+            self.serve_http1(TokioIo::new(tls), idle).await
+        }
+    }
+
+    async fn serve_http1<I>(mut self, io: I, idle: Duration)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let served = AtomicU32::new(0);
+        let (peer, route, shared) = (self.peer, self.route.clone(), self.shared.clone());
+        let svc = service_fn(move |req| {
+            let route = route.borrow().clone();
+            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+            let shared = shared.clone();
+            async move {
+                let mut resp = forward::handle(req, route, peer, shared).await;
+                if n >= MAX_REQUESTS_PER_CONNECTION {
+                    resp.headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
             }
-            Ok::<_, Infallible>(resp)
+        });
+        // The header read timeout runs from the end of one response to the next request's
+        // head: a keep-alive connection idle for IdleTimeout is closed (B9.7).
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(idle)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            log::debug!("client {}: {e}", self.peer);
         }
-    });
-    // The header read timeout runs from the end of one response to the next request's head:
-    // a keep-alive connection idle for IdleTimeout is closed (B9.7).
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        .serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    }
+
+    async fn serve_http2<I>(mut self, io: I, idle: Duration)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity {
+            served: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        let (peer, route, shared) = (self.peer, self.route.clone(), self.shared.clone());
+        let svc = {
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let route = route.borrow().clone();
+                let busy = activity.begin();
+                busy.0.served.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                async move {
+                    let resp = forward::handle(req, route, peer, shared).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_REQUESTS_PER_CONNECTION)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = self.stop.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = check.tick(), if !closing => {
+                    // B9.7 (DECISION: HTTP/2 too) and B9.9: GOAWAY, then in-flight streams end.
+                    let done = activity.served.load(Ordering::Relaxed) >= MAX_REQUESTS_PER_CONNECTION;
+                    if done || activity.idle_for().is_some_and(|d| d >= idle) {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            log::debug!("client {}: {e}", self.peer);
         }
-    };
-    if let Err(e) = result {
-        log::debug!("client {peer}: {e}");
     }
 }

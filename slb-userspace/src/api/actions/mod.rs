@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
+use super::cert;
 use super::error::ApiError;
 use super::state::{CertRecord, LbMeta, Model, TokenRecord, Transition};
 use crate::config::{
@@ -1689,30 +1690,26 @@ fn cert_name(p: &mut ParamMap, name: &str, required: bool) -> Result<String, Api
     Ok(v)
 }
 
-fn cert_error(e: super::cert::CertError) -> ApiError {
+fn cert_error(e: cert::CertError) -> ApiError {
     ApiError::new(e.code(), e.http_status(), e.message())
 }
 
 fn cert_record(
     ctx: &Ctx,
     name: String,
-    info: super::cert::CertInfo,
+    info: cert::CertInfo,
     chain_pem: String,
     key_pem: Option<String>,
     resource_group_id: String,
 ) -> CertRecord {
-    CertRecord {
+    CertRecord::new(
         name,
-        fingerprint: info.fingerprint,
-        common_name: info.common_name,
-        subject_alternative_names: info.subject_alternative_names,
-        expire_time: info.expire_time,
-        expire_timestamp_ms: info.expire_timestamp_ms,
-        resource_group_id,
-        create_time_ms: ctx.now_ms,
+        info,
         chain_pem,
         key_pem,
-    }
+        resource_group_id,
+        ctx.now_ms,
+    )
 }
 
 fn cert_summary(ctx: &Ctx, kind: &str, id: &str, c: &CertRecord) -> Value {
@@ -1737,7 +1734,7 @@ pub fn upload_server_certificate(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Resp
     p.skip("AliCloudCertificateId");
     p.skip("AliCloudCertificateName");
     let rg = opt_str(p, "ResourceGroupId")?.unwrap_or_default();
-    let v = super::cert::validate_server_certificate(&cert, &key).map_err(cert_error)?;
+    let v = cert::validate_server_certificate(&cert, &key).map_err(cert_error)?;
     let id = new_id("cert");
     let rec = cert_record(ctx, name.clone(), v.info, v.chain_pem, Some(v.key_pem), rg);
     let out = resp(json!({
@@ -1757,7 +1754,7 @@ pub fn upload_ca_certificate(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Response
     let name = cert_name(p, "CACertificateName", false)?;
     let cert = opt_str(p, "CACertificate")?.unwrap_or_default();
     let rg = opt_str(p, "ResourceGroupId")?.unwrap_or_default();
-    let info = super::cert::validate_ca_certificate(&cert).map_err(cert_error)?;
+    let info = cert::validate_ca_certificate(&cert).map_err(cert_error)?;
     let id = new_id("ca");
     let rec = cert_record(ctx, name.clone(), info, cert.trim().to_string(), None, rg);
     let out = resp(json!({
@@ -1914,11 +1911,12 @@ fn check_certificates(model: &Model, l: &Listener) -> Result<(), ApiError> {
                 .certs
                 .get(&e.server_certificate_id)
                 .ok_or_else(|| cert_not_found(false))?;
-            if !certificate_covers(cert, &e.domain) {
+            let names = || cert::served_names(&cert.common_name, &cert.subject_alternative_names);
+            if !cert::covers(names(), &e.domain) {
                 return Err(ApiError::invalid(format!(
                     "The specified parameter Domain is not valid: certificate {} is for {}, not {}",
                     e.server_certificate_id,
-                    cert_names(cert).collect::<Vec<_>>().join(", "),
+                    names().collect::<Vec<_>>().join(", "),
                     e.domain
                 )));
             }
@@ -1930,30 +1928,4 @@ fn check_certificates(model: &Model, l: &Listener) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// The DNS names a certificate is for: its SANs, else its common name.
-fn cert_names(c: &CertRecord) -> impl Iterator<Item = &str> {
-    let sans = c.subject_alternative_names.iter().map(String::as_str);
-    let cn = c
-        .subject_alternative_names
-        .is_empty()
-        .then_some(c.common_name.as_str());
-    sans.chain(cn)
-}
-
-/// B10.17: `domain` (exact or `*.` wildcard) is one the certificate serves: the same name, or an
-/// exact name one label below a wildcard name of the certificate.
-fn certificate_covers(c: &CertRecord, domain: &str) -> bool {
-    let domain = domain.to_ascii_lowercase();
-    cert_names(c).any(|name| {
-        let name = name.to_ascii_lowercase();
-        if name == domain {
-            return true;
-        }
-        match (name.strip_prefix("*."), domain.split_once('.')) {
-            (Some(suffix), Some((label, rest))) => label != "*" && rest == suffix,
-            _ => false,
-        }
-    })
 }

@@ -1,0 +1,510 @@
+//! HTTPS listeners and the rest of the layer-7 features, end to end (slb-behaviour.md §6, §9–§11):
+//! real clients (curl, the openssl CLI, a WebSocket handshake over TCP) in the client namespace,
+//! the real `slb serve` in the LB namespace, HTTP backends in backend namespaces, certificates
+//! made with the openssl CLI and named in the configuration file.
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use tests::{
+    api::{openssl, LabAgent},
+    http_backend::{websocket_accept, HttpBackend},
+};
+use xtask::lab::{in_netns, Lab};
+
+/// A CA, leaf certificates it signs (CN = name, SAN = the DNS names), client certificates, and
+/// a foreign CA with a client certificate of its own.
+fn certificates(dir: &Path) {
+    let ca = |name: &str| {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        )
+    };
+    ca("ca");
+    ca("foreign-ca");
+    let leaf = |name: &str, ca: &str, ext: &str| {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "30",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+    };
+    leaf("app", "ca", "subjectAltName=DNS:app.example\n");
+    leaf("www", "ca", "subjectAltName=DNS:www.example.com\n");
+    leaf("wild", "ca", "subjectAltName=DNS:*.example.com\n");
+    leaf("market", "ca", "subjectAltName=DNS:*.market.example.com\n");
+    leaf("client", "ca", "extendedKeyUsage=clientAuth\n");
+    leaf("stranger", "foreign-ca", "extendedKeyUsage=clientAuth\n");
+}
+
+/// `curl ARGS` in `ns`, in `dir` (certificate files); the output whatever the exit status.
+fn curl(ns: &str, dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "10"])
+        .args(args)
+        .current_dir(dir)
+        .output()?)
+}
+
+/// Successful curl: its stdout.
+fn curl_ok(ns: &str, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = curl(ns, dir, args)?;
+    if !out.status.success() {
+        bail!(
+            "curl {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The subject CN of the certificate a verbose curl reports the server sent.
+fn served_cn(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().find(|l| l.contains(" subject: "))?;
+    let cn = line.split("CN=").nth(1)?;
+    Some(cn.split([',', '/']).next()?.trim().to_string())
+}
+
+#[test]
+fn https_listeners_and_request_features() -> anyhow::Result<()> {
+    if !tests::is_root() {
+        eprintln!("skipped: needs root for namespaces and XDP");
+        return Ok(());
+    }
+    let lab = Lab::up("slbtls", 73, 2)?;
+    let backend_addr = |i: usize| SocketAddr::new(IpAddr::V4(lab.backends()[i].v4), 8080);
+    let mut backends = Vec::new();
+    for (i, b) in lab.backends().iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        backends.push(HttpBackend::spawn(
+            &b.ns,
+            backend_addr(i),
+            &name,
+            200,
+            Duration::ZERO,
+        )?);
+    }
+    let agent = LabAgent::new(&lab, "https")?;
+    certificates(&agent.dir);
+    let vip = lab.vip_v4();
+    let (b1, b2) = (lab.backends()[0].v4, lab.backends()[1].v4);
+    let common = "BackendServerPort = 8080\nHealthCheck = \"off\"\nScheduler = \"rr\"\n";
+    let serve = agent.start(&format!(
+        r#"
+[[ServerCertificates]]
+ServerCertificateId = "cert-app"
+ServerCertificate = "app.pem"
+PrivateKey = "app.key"
+[[ServerCertificates]]
+ServerCertificateId = "cert-www"
+ServerCertificate = "www.pem"
+PrivateKey = "www.key"
+[[ServerCertificates]]
+ServerCertificateId = "cert-wild"
+ServerCertificate = "wild.pem"
+PrivateKey = "wild.key"
+[[ServerCertificates]]
+ServerCertificateId = "cert-market"
+ServerCertificate = "market.pem"
+PrivateKey = "market.key"
+[[CACertificates]]
+CACertificateId = "ca-clients"
+CACertificate = "ca.pem"
+
+[[LoadBalancers]]
+LoadBalancerId = "lb-tls"
+Address = "{vip}"
+BackendServers = [ {{ ServerId = "{b1}" }}, {{ ServerId = "{b2}" }} ]
+VServerGroups = [ {{ VServerGroupId = "rsp-api", BackendServers = [ {{ ServerId = "{b2}", Port = 8080 }} ] }} ]
+
+[[LoadBalancers.Listeners]]
+ListenerProtocol = "https"
+ListenerPort = 443
+{common}ServerCertificateId = "cert-app"
+TLSCipherPolicy = "tls_cipher_policy_1_2"
+StickySession = "on"
+StickySessionType = "insert"
+CookieTimeout = 600
+DomainExtensions = [
+  {{ DomainExtensionId = "de-www", Domain = "www.example.com", ServerCertificateId = "cert-www" }},
+  {{ DomainExtensionId = "de-wild", Domain = "*.example.com", ServerCertificateId = "cert-wild" }},
+  {{ DomainExtensionId = "de-market", Domain = "*.market.example.com", ServerCertificateId = "cert-market" }},
+]
+Rules = [ {{ RuleId = "rule-api", RuleName = "api", Url = "/api", VServerGroupId = "rsp-api" }} ]
+
+[[LoadBalancers.Listeners]]
+ListenerProtocol = "https"
+ListenerPort = 8443
+{common}ServerCertificateId = "cert-app"
+TLSCipherPolicy = "tls_cipher_policy_1_2_strict_with_1_3"
+CACertificateId = "ca-clients"
+EnableHttp2 = "off"
+StickySession = "off"
+
+[[LoadBalancers.Listeners]]
+ListenerProtocol = "http"
+ListenerPort = 80
+{common}StickySession = "off"
+ListenerForward = "on"
+ForwardPort = 443
+
+[[LoadBalancers.Listeners]]
+ListenerProtocol = "http"
+ListenerPort = 81
+{common}StickySession = "off"
+"#
+    ))?;
+    let ns = lab.client().ns.clone();
+    let dir = agent.dir.clone();
+    let resolve = |host: &str, port: u16| format!("{host}:{port}:{vip}");
+    let app = resolve("app.example", 443);
+
+    // B10.14–B10.16: the certificate follows the SNI name; no match → the listener's own.
+    for (host, cn) in [
+        ("www.example.com", "www"),
+        ("shop.example.com", "wild"),
+        ("info.market.example.com", "market"),
+        ("app.example", "app"),
+    ] {
+        let out = curl(
+            &ns,
+            &dir,
+            &[
+                "-v",
+                "--cacert",
+                "ca.pem",
+                "--resolve",
+                &resolve(host, 443),
+                "-o",
+                "/dev/null",
+                &format!("https://{host}/"),
+            ],
+        )?;
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(served_cn(&out.stderr).as_deref(), Some(cn), "{host}");
+    }
+
+    // B10.10: tls_cipher_policy_1_2 takes TLS 1.2 only; B9.17: HTTP/2 by ALPN (EnableHttp2
+    // defaults to on).
+    let version = |args: &[&str]| -> anyhow::Result<bool> {
+        let mut all = vec!["--cacert", "ca.pem", "--resolve", &app, "-o", "/dev/null"];
+        all.extend_from_slice(args);
+        all.push("https://app.example/");
+        Ok(curl(&ns, &dir, &all)?.status.success())
+    };
+    let low = "DEFAULT:@SECLEVEL=0";
+    assert!(
+        !version(&["--tlsv1.0", "--tls-max", "1.0", "--ciphers", low])?,
+        "B10.10 TLS 1.0"
+    );
+    assert!(
+        !version(&["--tlsv1.1", "--tls-max", "1.1", "--ciphers", low])?,
+        "B10.10 TLS 1.1"
+    );
+    assert!(
+        version(&["--tlsv1.2", "--tls-max", "1.2"])?,
+        "B10.10 TLS 1.2"
+    );
+    assert!(!version(&["--tlsv1.3"])?, "B10.10 TLS 1.3");
+    // B10.11: a suite of the policy, and one outside it.
+    assert!(version(&[
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "AES128-SHA:@SECLEVEL=0"
+    ])?);
+    assert!(!version(&[
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "ECDHE-RSA-CHACHA20-POLY1305"
+    ])?);
+    let h = curl_ok(
+        &ns,
+        &dir,
+        &[
+            "--cacert",
+            "ca.pem",
+            "--resolve",
+            &app,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            "https://app.example/",
+        ],
+    )?;
+    assert_eq!(h, "2", "B9.17 HTTP/2");
+
+    // B6.3, B6.7: without cookies requests alternate; with the SERVERID cookie 100 requests
+    // stay on one backend. One curl run reuses its connection and cookie jar.
+    let urls: Vec<String> = (0..100)
+        .map(|i| format!("https://app.example/s{i}"))
+        .collect();
+    let run = |jar: bool| -> anyhow::Result<Vec<String>> {
+        let mut args = vec![
+            "--cacert",
+            "ca.pem",
+            "--resolve",
+            &app,
+            "-w",
+            "%header{x-backend}\n",
+        ];
+        if jar {
+            args.extend_from_slice(&["-c", "jar.txt", "-b", "jar.txt"]);
+        }
+        for url in &urls {
+            args.extend_from_slice(&["-o", "/dev/null", url]);
+        }
+        Ok(curl_ok(&ns, &dir, &args)?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    let free = run(false)?;
+    assert!(
+        free.iter().any(|b| b == "b1") && free.iter().any(|b| b == "b2"),
+        "{free:?}"
+    );
+    let pinned = run(true)?;
+    assert_eq!(pinned.len(), 100);
+    assert!(pinned.iter().all(|b| b == &pinned[0]), "B6.3: {pinned:?}");
+    let jar = std::fs::read_to_string(dir.join("jar.txt"))?;
+    assert!(jar.contains("SERVERID"), "{jar}");
+    assert!(
+        !jar.contains(&b1.to_string()) && !jar.contains(&b2.to_string()),
+        "opaque: {jar}"
+    );
+    // B6.6: no cookie on a 4xx answer.
+    for b in &backends {
+        b.set(|b| b.code = 404);
+    }
+    let head = curl_ok(
+        &ns,
+        &dir,
+        &[
+            "--cacert",
+            "ca.pem",
+            "--resolve",
+            &app,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "https://app.example/missing",
+        ],
+    )?;
+    assert!(head.starts_with("HTTP/2 404"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("set-cookie"),
+        "B6.6: {head}"
+    );
+    for b in &backends {
+        b.set(|b| b.code = 200);
+    }
+
+    // B11.3/B11.4: /api goes to the rule's group (b2 only), the rest to the listener's.
+    for i in 0..4 {
+        let b = curl_ok(
+            &ns,
+            &dir,
+            &[
+                "--cacert",
+                "ca.pem",
+                "--resolve",
+                &app,
+                "-w",
+                "%header{x-backend}",
+                "-o",
+                "/dev/null",
+                &format!("https://app.example/api/v{i}"),
+            ],
+        )?;
+        assert_eq!(b, "b2", "B11.3");
+    }
+
+    // B9.16: text/plain is compressed for a client that accepts gzip, not for one that does not.
+    for b in &backends {
+        b.set(|b| b.content_type = "text/plain");
+    }
+    let enc = |extra: &[&str]| -> anyhow::Result<String> {
+        let mut args = vec![
+            "--cacert",
+            "ca.pem",
+            "--resolve",
+            &app,
+            "-w",
+            "%header{content-encoding}",
+            "-o",
+            "/dev/null",
+        ];
+        args.extend_from_slice(extra);
+        args.push("https://app.example/text");
+        curl_ok(&ns, &dir, &args)
+    };
+    assert_eq!(enc(&["--compressed"])?, "gzip", "B9.16");
+    assert_eq!(enc(&[])?, "", "B9.16 without Accept-Encoding");
+
+    // B10.8/B10.9: port 8443 wants a client certificate from ca-clients; B10.10 strict_with_1_3
+    // takes TLS 1.3 (its CCM suite too); EnableHttp2=off keeps HTTP/1.1.
+    let mtls = resolve("app.example", 8443);
+    let client = |extra: &[&str]| -> anyhow::Result<Output> {
+        let mut args = vec![
+            "--cacert",
+            "ca.pem",
+            "--resolve",
+            &mtls,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ];
+        args.extend_from_slice(extra);
+        args.push("https://app.example:8443/");
+        curl(&ns, &dir, &args)
+    };
+    let good = client(&["--cert", "client.pem", "--key", "client.key"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&good.stdout),
+        "1.1 200",
+        "B10.9 good client"
+    );
+    let ccm = client(&[
+        "--cert",
+        "client.pem",
+        "--key",
+        "client.key",
+        "--tlsv1.3",
+        "--tls13-ciphers",
+        "TLS_AES_128_CCM_SHA256",
+    ])?;
+    assert_eq!(
+        String::from_utf8_lossy(&ccm.stdout),
+        "1.1 200",
+        "B10.11 CCM"
+    );
+    assert!(
+        !client(&["--cert", "stranger.pem", "--key", "stranger.key"])?
+            .status
+            .success(),
+        "B10.9 foreign client certificate"
+    );
+    assert!(
+        !client(&[])?.status.success(),
+        "B10.9 no client certificate"
+    );
+
+    // B9.19/B9.20: port 80 redirects to the HTTPS listener.
+    let r = curl_ok(
+        &ns,
+        &dir,
+        &[
+            "--resolve",
+            &resolve("app.example", 80),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "http://app.example/a/b?c=1",
+        ],
+    )?;
+    assert_eq!(r, "301 https://app.example/a/b?c=1");
+
+    // B9.18: a WebSocket upgrade through the HTTP listener, then frames both ways.
+    let ws = SocketAddr::new(IpAddr::V4(vip), 81);
+    in_netns(&ns, move || -> anyhow::Result<()> {
+        let mut s = TcpStream::connect_timeout(&ws, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        write!(s, "GET /chat HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte)?;
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains(&websocket_accept(key).to_ascii_lowercase()),
+            "{head}"
+        );
+        for msg in ["hello", "again"] {
+            let mask = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            s.write_all(&frame)?;
+            let mut hdr = [0u8; 2];
+            s.read_exact(&mut hdr)?;
+            let mut payload = vec![0u8; usize::from(hdr[1])];
+            s.read_exact(&mut payload)?;
+            let text = String::from_utf8(payload).context("text frame")?;
+            assert!(text.ends_with(&format!(":{msg}")), "{text}");
+        }
+        Ok(())
+    })??;
+
+    drop(serve);
+    drop(agent);
+    drop(backends);
+    lab.down()?;
+    Ok(())
+}
