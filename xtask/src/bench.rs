@@ -29,7 +29,7 @@ use xtask::{
 
 use crate::{
     agent::{unload, Agent},
-    setup, Workspace,
+    setup, OwnedDir, Workspace,
 };
 
 /// Relative to the workspace root.
@@ -211,7 +211,11 @@ fn health_markdown(h: &Value) -> String {
 }
 
 /// Writes `report` to `rel` under the workspace root; returns the path.
-fn write_results(ws: &Workspace, rel: &str, report: &Value) -> Result<std::path::PathBuf> {
+pub(crate) fn write_results(
+    ws: &Workspace,
+    rel: &str,
+    report: &Value,
+) -> Result<std::path::PathBuf> {
     let path = ws.root.join(rel);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -221,7 +225,7 @@ fn write_results(ws: &Workspace, rel: &str, report: &Value) -> Result<std::path:
     Ok(path)
 }
 
-fn metadata() -> Result<Value> {
+pub(crate) fn metadata() -> Result<Value> {
     let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?;
@@ -241,7 +245,8 @@ fn metadata() -> Result<Value> {
 
 /// Both load balancers on one lab, one after the other, with the same sinks and generator.
 fn compare(slb: &Path) -> Result<Value> {
-    remove_pins()?;
+    let pins = OwnedDir(PIN_PATH.into());
+    pins.remove()?;
     let lab = Lab::up(PREFIX, N, BACKENDS)?;
     let sinks = Sinks::start(&lab)?;
     let config = std::env::temp_dir().join(format!("slb-bench-{}.toml", std::process::id()));
@@ -294,7 +299,7 @@ fn measure_xdp(slb: &Path, config: &Path, lab: &Lab, sinks: &Sinks) -> Result<Va
     let measured = wait_ready(&mut agent).and_then(|()| measure(lab, sinks));
     let stopped = agent.stop();
     let unloaded = unload(slb, lab.lb_ns(), Path::new(PIN_PATH));
-    let unpinned = remove_pins();
+    let unpinned = OwnedDir(PIN_PATH.into()).remove();
     let measured = measured?;
     stopped.and(unloaded).and(unpinned)?;
     Ok(measured)
@@ -386,15 +391,6 @@ fn agent_config(lab: &Lab) -> String {
     )
 }
 
-fn remove_pins() -> Result<()> {
-    match std::fs::remove_dir_all(PIN_PATH) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {PIN_PATH}"))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Packets received by the backends' `eth0`, summed: what the load balancer delivered, whether
 /// or not the sinks kept up with reading it.
 fn backend_rx(lab: &Lab) -> Result<u64> {
@@ -412,14 +408,14 @@ fn backend_rx(lab: &Lab) -> Result<u64> {
 }
 
 /// Aggregate jiffies from the first line of /proc/stat.
-struct CpuTimes {
-    busy: u64,
-    total: u64,
-    ticks_per_s: f64,
+pub(crate) struct CpuTimes {
+    pub(crate) busy: u64,
+    pub(crate) total: u64,
+    pub(crate) ticks_per_s: f64,
 }
 
 impl CpuTimes {
-    fn read() -> Result<CpuTimes> {
+    pub(crate) fn read() -> Result<CpuTimes> {
         let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
         let fields: Vec<u64> = stat
             .lines()
@@ -563,7 +559,7 @@ impl Generator {
 }
 
 /// Waits until the agent prints `slb ready`.
-fn wait_ready(agent: &mut Agent) -> Result<()> {
+pub(crate) fn wait_ready(agent: &mut Agent) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut seen = Vec::new();
     while Instant::now() < deadline {

@@ -19,7 +19,7 @@ use xtask::{
 
 use crate::{
     agent::{unload, Agent},
-    exit_like, Workspace,
+    exit_like, OwnedDir, Workspace,
 };
 
 /// Relative to the workspace root.
@@ -257,18 +257,4 @@ fn demo_paths(config: &Path) -> Result<(PathBuf, PathBuf)> {
             .with_context(|| format!("{} sets no {section}.{key}", config.display()))
     };
     Ok((path("Agent", "PinPath")?, path("Api", "KeysFile")?))
-}
-
-/// A directory the demo owns (bpffs pins, the API's key and store), removed at start and end.
-struct OwnedDir(PathBuf);
-
-impl OwnedDir {
-    fn remove(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.0) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", self.0.display()))
-            }
-            _ => Ok(()),
-        }
-    }
 }

@@ -312,7 +312,7 @@ fn tune_veth(ns: &str, iface: &str) -> Result<()> {
 
 /// Writes sysctls (`net/ipv4/ip_forward` style keys) inside `ns`: /proc/sys/net shows the
 /// namespace of the thread that opens it.
-fn set_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
+pub fn set_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
     let settings: Vec<(String, String)> = settings
         .iter()
         .map(|&(k, v)| (k.to_string(), v.to_string()))

@@ -3,10 +3,12 @@
 //! # Layout
 //! * `setup`: installs what building and testing need (idempotent).
 //! * `demo`: `build-and-load`, the agent in a network-namespace lab, or on a real interface.
-//! * `bench`: `bench l4`, the L4 benchmarks; `bench api`; `bench health`.
+//! * `bench`: `bench l4`, the L4 benchmarks; `bench api`; `bench health`; `bench l7` (in
+//!   `bench_l7`).
 //! * this file: the command line, `test` and `replay`.
 mod agent;
 mod bench;
+mod bench_l7;
 mod demo;
 mod setup;
 
@@ -57,6 +59,9 @@ enum Cmd {
     /// 1/16/64 clients with 1,000 listeners and 10,000 backends stored, acknowledged change →
     /// live in the maps, store size. `health`: CPU and spread of check times of the health
     /// checker with 10,000 backends every 2 s, next to HAProxy checking the same backends.
+    /// `l7`: the HTTP and HTTPS listeners next to nginx and HAProxy as reverse proxies of the
+    /// same backend: req/s, p50/p99 and latency added (wrk, keep-alive and new connections),
+    /// CPU per request, RSS of 10,000 idle connections, full TLS handshakes per second.
     Bench { suite: BenchSuite },
     /// Build slb and run `slb replay <ARGS>`, e.g.
     /// `--config FILE --pcap-in IN --pcap-out OUT [--json]`.
@@ -73,6 +78,7 @@ enum BenchSuite {
     L4,
     Api,
     Health,
+    L7,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,6 +137,9 @@ fn run() -> Result<()> {
         Cmd::Bench {
             suite: BenchSuite::Health,
         } => bench::health(&ws),
+        Cmd::Bench {
+            suite: BenchSuite::L7,
+        } => bench_l7::l7(&ws),
         Cmd::Replay { args } => {
             setup::run()?;
             let slb = ws.build_slb()?;
@@ -189,6 +198,28 @@ impl Workspace {
             .as_str()
             .context("`cargo metadata` has no target_directory")?;
         Ok(PathBuf::from(dir))
+    }
+}
+
+/// A directory xtask owns (bpffs pins, the demo API's key and store, a bench's scratch files):
+/// removed before use, at the end, and when dropped on the way out of an error or Ctrl-C.
+pub(crate) struct OwnedDir(pub(crate) PathBuf);
+
+impl OwnedDir {
+    pub(crate) fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.0.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        // Whoever cares about a failure has called `remove` already.
+        let _ = self.remove();
     }
 }
 

@@ -13,8 +13,10 @@ use xtask::cmd;
 /// Debian packages the build, the tests and the demo use: `ip`, `ethtool` (veth offloads),
 /// `nft`, `nc` (the demo's client), `tcpdump`, `bpftool` (inspecting loaded programs and maps),
 /// `curl` (L7), OpenSSL headers for the agent's certificate handling and the `openssl` CLI the
-/// tests make certificates with, Python for the Alibaba Cloud SDK compatibility tests, and
-/// `haproxy`, the peer `cargo xtask bench health` compares the health checker with.
+/// tests make certificates with, Python for the Alibaba Cloud SDK compatibility tests (and the
+/// TLS client of `cargo xtask bench l7`), `haproxy`, the peer `cargo xtask bench health` compares
+/// the health checker with and `bench l7` the HTTP listeners with, `nginx` (the other peer of
+/// `bench l7` and its backend) and `wrk` (its load generator).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -29,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "python3",
     "python3-venv",
     "haproxy",
+    "nginx",
+    "wrk",
 ];
 
 /// The Alibaba Cloud SDKs the compatibility tests drive the API with (tests/sdk/*.py), pinned.
