@@ -91,6 +91,8 @@ const WRK_SCRIPT: &str = include_str!("bench_l7_wrk.lua");
 const CLIENT: &str = include_str!("bench_l7_client.py");
 
 pub fn l7(ws: &Workspace) -> Result<()> {
+    // Like nginx's and HAProxy's here, the agent's access log is off (its children inherit).
+    std::env::set_var("RUST_LOG", "warn");
     // Installed before anything is created: Ctrl-C then ends the current step (wrk and the
     // Python client share our process group and stop; the proxies have their own and are
     // stopped in order) and everything is torn down on the way out.
