@@ -420,18 +420,17 @@ fn read_certificates<P: Params>(
 ) -> (Certificates, HashMap<String, Vec<String>>) {
     let mut certs = Certificates::default();
     let mut names = HashMap::new();
-    for section in ["ServerCertificates", "CACertificates"] {
-        let server = section == "ServerCertificates";
-        let id_name = if server {
-            "ServerCertificateId"
-        } else {
-            "CACertificateId"
-        };
-        let pem_name = if server {
-            "ServerCertificate"
-        } else {
-            "CACertificate"
-        };
+    // Section, ID field, certificate field, key field (server certificates only).
+    let sections = [
+        (
+            "ServerCertificates",
+            "ServerCertificateId",
+            "ServerCertificate",
+            Some("PrivateKey"),
+        ),
+        ("CACertificates", "CACertificateId", "CACertificate", None),
+    ];
+    for (section, id_name, pem_name, key_name) in sections {
         for (i, mut obj) in r
             .objects(section)
             .unwrap_or_default()
@@ -460,11 +459,7 @@ fn read_certificates<P: Params>(
                 }
             };
             let cert = pem(&mut c, pem_name);
-            let key = if server {
-                pem(&mut c, "PrivateKey")
-            } else {
-                None
-            };
+            let key = key_name.and_then(|k| pem(&mut c, k));
             match (id, cert, key) {
                 (Some(id), Some(cert), Some(key)) => {
                     match crate::api::cert::validate_server_certificate(&cert, &key) {
@@ -484,7 +479,7 @@ fn read_certificates<P: Params>(
                         }
                     }
                 }
-                (Some(id), Some(cert), None) if !server => {
+                (Some(id), Some(cert), None) if key_name.is_none() => {
                     match crate::api::cert::validate_ca_certificate(&cert) {
                         Ok(_) => {
                             certs.ca.insert(id, cert);
@@ -496,8 +491,8 @@ fn read_certificates<P: Params>(
                 }
                 _ => {}
             }
-            let known = [id_name, pem_name, "PrivateKey"];
-            let issues = c.finish(&known[..if server { 3 } else { 2 }], section);
+            let known: Vec<&str> = [id_name, pem_name].into_iter().chain(key_name).collect();
+            let issues = c.finish(&known, section);
             r.extend(&format!("{section}[{i}]"), issues);
         }
     }

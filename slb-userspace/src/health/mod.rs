@@ -140,7 +140,8 @@ pub fn plan(cfg: &Config) -> BTreeMap<Check, Vec<Subject>> {
     out
 }
 
-fn host_of(addr: IpAddr) -> String {
+/// An address as an HTTP `Host` (IPv6 in brackets).
+pub fn host_of(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),

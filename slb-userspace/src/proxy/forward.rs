@@ -57,14 +57,20 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// The comma-separated tokens of the `Connection` header(s), trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
@@ -76,12 +82,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// An HTTP/1.1 request to switch protocols (WebSocket, B9.18).
 fn upgrade_of(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
-    let connection_says = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let connection_says = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     (version == Version::HTTP_11 && connection_says)
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
@@ -184,7 +185,7 @@ fn redirect(route: &Route, host: Option<&str>, target: &str, port: u16) -> Respo
     let name = match host.map(rules::without_port).filter(|h| !h.is_empty()) {
         Some(h) if h.contains(':') => format!("[{h}]"),
         Some(h) => h.to_string(),
-        None => bracketed(route.vip),
+        None => crate::health::host_of(route.vip),
     };
     let location = match port {
         443 => format!("https://{name}{target}"),
@@ -195,13 +196,6 @@ fn redirect(route: &Route, host: Option<&str>, target: &str, port: u16) -> Respo
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
-}
-
-fn bracketed(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-    }
 }
 
 /// Relays bytes both ways once both sides have switched protocols.

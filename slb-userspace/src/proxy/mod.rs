@@ -227,6 +227,10 @@ impl Proxy {
         });
         let mut errors = Vec::new();
         for (addr, (inputs, vip)) in wanted {
+            // An unchanged listener keeps its route: no TLS contexts rebuilt per generation.
+            if self.served.get(&addr).is_some_and(|s| s.inputs == inputs) {
+                continue;
+            }
             let route = match self.route(&inputs, vip) {
                 Ok(r) => r,
                 Err(source) => {
@@ -235,11 +239,9 @@ impl Proxy {
                 }
             };
             if let Some(s) = self.served.get_mut(&addr) {
-                if s.inputs != inputs {
-                    // New connections get the new route; open ones keep their TLS session.
-                    s.route.send_replace(Arc::new(route));
-                    s.inputs = inputs;
-                }
+                // New connections get the new route; open ones keep their TLS session.
+                s.route.send_replace(Arc::new(route));
+                s.inputs = inputs;
                 continue;
             }
             if let Err(e) = self.make_local(vip) {
