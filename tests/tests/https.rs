@@ -88,10 +88,12 @@ fn certificates(dir: &Path) {
     leaf("stranger", "foreign-ca", "extendedKeyUsage=clientAuth\n");
 }
 
-/// `curl ARGS` in `ns`, in `dir` (certificate files); the output whatever the exit status.
+/// `curl ARGS` in `ns`, in `dir` (certificate files), trusting the test CA; the output whatever
+/// the exit status.
 fn curl(ns: &str, dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
     Ok(Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "10"])
+        .args(["--cacert", "ca.pem"])
         .args(args)
         .current_dir(dir)
         .output()?)
@@ -224,8 +226,6 @@ ListenerPort = 81
             &dir,
             &[
                 "-v",
-                "--cacert",
-                "ca.pem",
                 "--resolve",
                 &resolve(host, 443),
                 "-o",
@@ -244,7 +244,7 @@ ListenerPort = 81
     // B10.10: tls_cipher_policy_1_2 takes TLS 1.2 only; B9.17: HTTP/2 by ALPN (EnableHttp2
     // defaults to on).
     let version = |args: &[&str]| -> anyhow::Result<bool> {
-        let mut all = vec!["--cacert", "ca.pem", "--resolve", &app, "-o", "/dev/null"];
+        let mut all = vec!["--resolve", &app, "-o", "/dev/null"];
         all.extend_from_slice(args);
         all.push("https://app.example/");
         Ok(curl(&ns, &dir, &all)?.status.success())
@@ -280,8 +280,6 @@ ListenerPort = 81
         &ns,
         &dir,
         &[
-            "--cacert",
-            "ca.pem",
             "--resolve",
             &app,
             "-o",
@@ -299,14 +297,7 @@ ListenerPort = 81
         .map(|i| format!("https://app.example/s{i}"))
         .collect();
     let run = |jar: bool| -> anyhow::Result<Vec<String>> {
-        let mut args = vec![
-            "--cacert",
-            "ca.pem",
-            "--resolve",
-            &app,
-            "-w",
-            "%header{x-backend}\n",
-        ];
+        let mut args = vec!["--resolve", &app, "-w", "%header{x-backend}\n"];
         if jar {
             args.extend_from_slice(&["-c", "jar.txt", "-b", "jar.txt"]);
         }
@@ -340,8 +331,6 @@ ListenerPort = 81
         &ns,
         &dir,
         &[
-            "--cacert",
-            "ca.pem",
             "--resolve",
             &app,
             "-D",
@@ -366,8 +355,6 @@ ListenerPort = 81
             &ns,
             &dir,
             &[
-                "--cacert",
-                "ca.pem",
                 "--resolve",
                 &app,
                 "-w",
@@ -386,8 +373,6 @@ ListenerPort = 81
     }
     let enc = |extra: &[&str]| -> anyhow::Result<String> {
         let mut args = vec![
-            "--cacert",
-            "ca.pem",
             "--resolve",
             &app,
             "-w",
@@ -407,8 +392,6 @@ ListenerPort = 81
     let mtls = resolve("app.example", 8443);
     let client = |extra: &[&str]| -> anyhow::Result<Output> {
         let mut args = vec![
-            "--cacert",
-            "ca.pem",
             "--resolve",
             &mtls,
             "-o",
@@ -503,8 +486,108 @@ ListenerPort = 81
     })??;
 
     drop(serve);
+    // The lab's VIP is an address on lo: stopping the agent leaves its kernel route alone.
+    let route = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.lb_ns(),
+            "ip",
+            "-4",
+            "route",
+            "show",
+            "table",
+            "local",
+        ])
+        .args(["exact", &vip.to_string()])
+        .output()?;
+    assert!(
+        !route.stdout.is_empty(),
+        "the VIP's local route is gone after the agent stopped"
+    );
     drop(agent);
     drop(backends);
     lab.down()?;
+    Ok(())
+}
+
+/// B10.1, B10.4, B10.17: `[[ServerCertificates]]` / `[[CACertificates]]` name PEM files next to
+/// the configuration; unreadable files, unknown certificate IDs and an extension domain its
+/// certificate does not serve are rejected at the field, and text without a file refuses them.
+#[test]
+fn certificate_sections_are_validated() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("slb-certsections-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    certificates(&dir);
+    let config = |listener_extra: &str, sections: &str| {
+        format!(
+            "{sections}\n[[LoadBalancers]]\nLoadBalancerId = \"lb-1\"\nAddress = \"10.0.0.1\"\n\
+             [[LoadBalancers.Listeners]]\nListenerProtocol = \"https\"\nListenerPort = 443\n\
+             BackendServerPort = 80\nStickySession = \"off\"\nHealthCheck = \"off\"\n{listener_extra}"
+        )
+    };
+    let app = "[[ServerCertificates]]\nServerCertificateId = \"cert-app\"\nServerCertificate = \"app.pem\"\nPrivateKey = \"app.key\"\n\
+               [[CACertificates]]\nCACertificateId = \"ca-1\"\nCACertificate = \"ca.pem\"\n";
+    let load = |text: String| {
+        let path = dir.join("slb.toml");
+        std::fs::write(&path, text).expect("config file");
+        slb::config::load(&path)
+    };
+    let paths = |r: Result<slb::config::Config, slb::config::ConfigError>| -> Vec<String> {
+        match r {
+            Err(slb::config::ConfigError::Invalid { errors }) => {
+                errors.into_iter().map(|e| e.issue.path).collect()
+            }
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    };
+    let ok = load(config(
+        "ServerCertificateId = \"cert-app\"\nCACertificateId = \"ca-1\"\n",
+        app,
+    ))?;
+    assert!(ok.certificates.server.contains_key("cert-app"));
+    assert!(ok.certificates.ca.contains_key("ca-1"));
+    assert_eq!(
+        paths(load(config("ServerCertificateId = \"cert-none\"\n", app))),
+        ["LoadBalancers[0].Listeners[0].ServerCertificateId"]
+    );
+    assert_eq!(
+        paths(load(config(
+            "ServerCertificateId = \"cert-app\"\nCACertificateId = \"ca-none\"\n",
+            app
+        ))),
+        ["LoadBalancers[0].Listeners[0].CACertificateId"]
+    );
+    let extension = "ServerCertificateId = \"cert-app\"\nDomainExtensions = [ { DomainExtensionId = \"de-1\", Domain = \"www.example.com\", ServerCertificateId = \"cert-app\" } ]\n";
+    assert_eq!(
+        paths(load(config(extension, app))),
+        ["LoadBalancers[0].Listeners[0].DomainExtensions[0].Domain"]
+    );
+    assert_eq!(
+        paths(load(config(
+            "ServerCertificateId = \"cert-app\"\n",
+            &app.replace("app.key", "missing.key")
+        ))),
+        ["ServerCertificates[0].PrivateKey"]
+    );
+    assert_eq!(
+        paths(load(config(
+            "ServerCertificateId = \"cert-app\"\n",
+            &app.replace("app.key", "www.key")
+        ))),
+        ["ServerCertificates[0].ServerCertificate"]
+    );
+    assert_eq!(
+        paths(slb::config::parse(
+            &config("ServerCertificateId = \"cert-app\"\n", app),
+            "text"
+        )),
+        [
+            "ServerCertificates[0].ServerCertificateId",
+            "CACertificates[0].CACertificateId"
+        ]
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
