@@ -424,7 +424,7 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
         vip_pool: section.vip_pool.clone(),
     };
     let (applied_tx, applied_rx) = tokio::sync::watch::channel(0u64);
-    let mut services = Services::new();
+    let mut services = Services::new()?;
     let (api, mut published) = api::Api::new(
         state,
         settings,
@@ -504,10 +504,10 @@ struct Services {
 }
 
 impl Services {
-    fn new() -> Services {
+    fn new() -> anyhow::Result<Services> {
         let checks = health::Engine::new();
-        let proxy = proxy::Proxy::new(checks.status());
-        Services { checks, proxy }
+        let proxy = proxy::Proxy::new(checks.status())?;
+        Ok(Services { checks, proxy })
     }
 
     /// Brings the checks and HTTP listeners to `cfg` (inside the runtime). A listener that
@@ -542,7 +542,7 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut services = Services::new();
+        let mut services = Services::new()?;
         services.apply(&cfg);
         println!(
             "slb ready: {} listeners on [{}], maps pinned at {}",

@@ -1,12 +1,13 @@
 //! An HTTP backend for tests, running on threads in a network namespace, whose answers a test
 //! can change while it runs. It answers `<code> Test` with `X-Backend: <name>` and, except to
-//! HEAD, the request's head as the body; it records each request's head. A WebSocket upgrade
+//! HEAD, the request's head as the body; it records each request's head, and counts the requests
+//! whose connection was closed before their answer was due. A WebSocket upgrade
 //! request is switched (`101`) and each text frame then echoed.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     thread::{self, JoinHandle},
@@ -30,6 +31,7 @@ pub struct Behaviour {
 pub struct HttpBackend {
     behaviour: Arc<Mutex<Behaviour>>,
     requests: Arc<Mutex<Vec<String>>>,
+    abandoned: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -56,9 +58,15 @@ impl HttpBackend {
             content_type: "",
         }));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let abandoned = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (behaviour, requests, stop) = (behaviour.clone(), requests.clone(), stop.clone());
+            let (behaviour, requests, abandoned, stop) = (
+                behaviour.clone(),
+                requests.clone(),
+                abandoned.clone(),
+                stop.clone(),
+            );
             let name = name.to_string();
             thread::spawn(move || {
                 let mut connections: Vec<JoinHandle<()>> = Vec::new();
@@ -68,15 +76,14 @@ impl HttpBackend {
                         thread::sleep(POLL);
                         continue;
                     };
-                    let (behaviour, requests, stop, name) = (
-                        behaviour.clone(),
-                        requests.clone(),
-                        stop.clone(),
-                        name.clone(),
-                    );
-                    connections.push(thread::spawn(move || {
-                        serve(stream, &name, &behaviour, &requests, &stop)
-                    }));
+                    let state = Shared {
+                        behaviour: behaviour.clone(),
+                        requests: requests.clone(),
+                        abandoned: abandoned.clone(),
+                        stop: stop.clone(),
+                    };
+                    let name = name.clone();
+                    connections.push(thread::spawn(move || serve(stream, &name, &state)));
                 }
                 // Joined so that, once dropped, nothing of the backend is left listening or
                 // answering.
@@ -88,6 +95,7 @@ impl HttpBackend {
         Ok(HttpBackend {
             behaviour,
             requests,
+            abandoned,
             stop,
             thread: Some(thread),
         })
@@ -100,6 +108,11 @@ impl HttpBackend {
     pub fn requests(&self) -> Vec<String> {
         lock(&self.requests).clone()
     }
+
+    /// Requests whose connection the client closed before their answer was due.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for HttpBackend {
@@ -111,14 +124,22 @@ impl Drop for HttpBackend {
     }
 }
 
+/// What a connection's thread shares with the backend.
+struct Shared {
+    behaviour: Arc<Mutex<Behaviour>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    abandoned: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
 /// Answers the requests of one connection, keeping it open while the client does.
-fn serve(
-    mut stream: TcpStream,
-    name: &str,
-    behaviour: &Mutex<Behaviour>,
-    requests: &Mutex<Vec<String>>,
-    stop: &AtomicBool,
-) {
+fn serve(mut stream: TcpStream, name: &str, state: &Shared) {
+    let Shared {
+        behaviour,
+        requests,
+        abandoned,
+        stop,
+    } = state;
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(POLL));
     let mut pending = Vec::new();
@@ -151,6 +172,13 @@ fn serve(
             }
             thread::sleep(POLL);
         };
+        let _ = stream.set_nonblocking(true);
+        let closed = matches!(stream.peek(&mut [0u8; 1]), Ok(0));
+        let _ = stream.set_nonblocking(false);
+        if closed {
+            abandoned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if head
             .to_ascii_lowercase()
             .contains("\r\nupgrade: websocket\r\n")

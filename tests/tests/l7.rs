@@ -77,7 +77,7 @@ fn get(vip: SocketAddr, extra: &str) -> anyhow::Result<Reply> {
     )
 }
 
-/// B4.15, B4.17, B5.4, B9.1–B9.4, B9.7–B9.10, B9.13: an HTTP listener over two backends.
+/// B4.15, B4.17, B5.4, B9.1–B9.4, B9.7–B9.11, B9.13: an HTTP listener over two backends.
 #[test]
 fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
     if !tests::is_root() {
@@ -174,6 +174,32 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
         );
         Ok(())
     }))?;
+
+    // B9.11: a client that leaves before the answer does not cut the backend exchange off.
+    for b in backends.iter().flatten() {
+        b.set(|b| b.delay = Duration::from_secs(1));
+    }
+    in_client(Box::new(move || {
+        let mut c = connect(vip)?;
+        c.get_mut()
+            .write_all(b"GET /leaving HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked: usize = backends
+        .iter()
+        .flatten()
+        .map(|b| {
+            b.requests()
+                .iter()
+                .filter(|r| r.starts_with("GET /leaving "))
+                .count()
+        })
+        .sum();
+    assert_eq!(asked, 1, "the request reached one backend");
+    let abandoned: usize = backends.iter().flatten().map(HttpBackend::abandoned).sum();
+    assert_eq!(abandoned, 0, "the LB kept the backend connection open");
 
     // B9.8: a backend silent past RequestTimeout gives 504.
     for b in backends.iter().flatten() {

@@ -56,11 +56,14 @@ impl Backends {
     }
 
     fn put(&self, addr: SocketAddr, sender: Sender) {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(addr).or_default();
-        list.retain(|(s, since)| since.elapsed() < IDLE_LIFETIME && !s.is_closed());
+        if list.len() >= MAX_IDLE {
+            list.retain(|(s, since)| now - *since < IDLE_LIFETIME && !s.is_closed());
+        }
         if list.len() < MAX_IDLE {
-            list.push((sender, Instant::now()));
+            list.push((sender, now));
         }
     }
 
@@ -98,7 +101,13 @@ impl Backends {
                     }
                 },
             };
-            if !upgrade {
+            if upgrade {
+                return Ok(resp);
+            }
+            if sender.is_ready() {
+                // A small body was read along with the head: the connection is free already.
+                self.put(addr, sender);
+            } else {
                 // Ready again once the response body has been read to its end.
                 tokio::spawn(async move {
                     if sender.ready().await.is_ok() {

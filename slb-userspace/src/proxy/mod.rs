@@ -87,11 +87,54 @@ impl Route {
     }
 }
 
-/// What every listener shares: backend connections and request metrics.
-#[derive(Default)]
+/// What a worker's listeners share: its backend connections, and the request metrics of all.
 pub struct Shared {
     pub backends: Arc<backend::Backends>,
     pub metrics: Arc<access::Metrics>,
+}
+
+/// A thread with a single-threaded runtime of its own that accepts on every listener, as an
+/// nginx worker does. A client connection, its requests and the backend connections they use
+/// stay on one thread: no request wakes another thread or moves a task between cores.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    /// Dropped to end the worker.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(index: usize, metrics: Arc<access::Metrics>) -> std::io::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("slb-proxy-{index}"))
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+            })?;
+        Ok(Worker {
+            handle,
+            shared: Arc::new(Shared {
+                backends: Arc::default(),
+                metrics,
+            }),
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The inputs a listener's route is built from: a change in any rebuilds it. Health check
@@ -119,7 +162,8 @@ struct Served {
 /// The HTTP and HTTPS listeners being served.
 pub struct Proxy {
     health: Arc<Status>,
-    shared: Arc<Shared>,
+    metrics: Arc<access::Metrics>,
+    workers: Vec<Worker>,
     served: HashMap<SocketAddr, Served>,
     /// VIPs this agent made local.
     local: BTreeSet<IpAddr>,
@@ -127,6 +171,11 @@ pub struct Proxy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("starting proxy worker {index}: {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
     #[error("making {vip} a local address: {detail}")]
     LocalRoute { vip: IpAddr, detail: String },
     #[error("listening on {addr}: {source}")]
@@ -164,18 +213,28 @@ fn used_certificates(http: &HttpSettings, all: &Certificates) -> Certificates {
 }
 
 impl Proxy {
-    pub fn new(health: Arc<Status>) -> Proxy {
-        Proxy {
+    /// Starts one worker per core.
+    pub fn new(health: Arc<Status>) -> Result<Proxy, ProxyError> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let metrics = Arc::new(access::Metrics::default());
+        let workers = (0..cores)
+            .map(|index| {
+                Worker::start(index, metrics.clone())
+                    .map_err(|source| ProxyError::Worker { index, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Proxy {
             health,
-            shared: Arc::default(),
+            metrics,
+            workers,
             served: HashMap::new(),
             local: BTreeSet::new(),
-        }
+        })
     }
 
     /// Request counters of every listener (`GET /metrics`).
     pub fn metrics(&self) -> Arc<access::Metrics> {
-        self.shared.metrics.clone()
+        self.metrics.clone()
     }
 
     /// Serves the running HTTP and HTTPS listeners of active instances in `cfg` and stops the
@@ -258,12 +317,22 @@ impl Proxy {
             let scheme = route.scheme;
             let (route, route_rx) = watch::channel(Arc::new(route));
             let (stop, stop_rx) = watch::channel(false);
-            tokio::spawn(accept_loop(
-                listener,
-                route_rx,
-                stop_rx,
-                self.shared.clone(),
-            ));
+            for w in &self.workers {
+                // Each worker watches its own descriptor of the one socket.
+                let listener = match listener.try_clone() {
+                    Ok(l) => l,
+                    Err(source) => {
+                        errors.push(ProxyError::Listen { addr, source });
+                        break;
+                    }
+                };
+                w.handle.spawn(accept_loop(
+                    listener,
+                    route_rx.clone(),
+                    stop_rx.clone(),
+                    w.shared.clone(),
+                ));
+            }
             log::info!("{addr}: serving {scheme}");
             self.served.insert(
                 addr,
@@ -382,7 +451,8 @@ fn local_route(verb: &str, vip: IpAddr) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket, non-blocking, not yet tied to a runtime.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -390,15 +460,19 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // A restarted agent binds again while the old connections are in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    socket.listen(4096)?.into_std()
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     route: watch::Receiver<Arc<Route>>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return log::error!("registering a listening socket: {e}"),
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
