@@ -62,8 +62,11 @@ const PIN_PATH: &str = "/sys/fs/bpf/slb-bench-l7";
 const HTTP_PORT: u16 = 80;
 const HTTPS_PORT: u16 = 443;
 const BACKEND_PORT: u16 = 8080;
-/// Worker threads or processes of every proxy: the agent serves its listeners on 2 Tokio workers.
-const WORKERS: usize = 2;
+/// Worker threads or processes of every proxy: the agent serves its listeners on one
+/// single-threaded runtime per core, so nginx and HAProxy get one worker per core too.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
 /// wrk's connections under load, and its threads (one per core).
 const CONNECTIONS: usize = 64;
 const WRK_THREADS: usize = 2;
@@ -335,6 +338,7 @@ impl Bench {
         let (slb, nginx, haproxy) = (&proxies["slb"], &proxies["nginx"], &proxies["haproxy"]);
         let verdicts = target_verdicts(slb, nginx);
         let met = verdicts.values().all(|v| v["met"] == true);
+        let workers = workers();
         Ok(json!({
             "topology": format!(
                 "lab {PREFIX} (n = {N}): client, LB and one backend namespace joined by veth pairs \
@@ -347,10 +351,10 @@ impl Bench {
                  a request limit; the same for every proxy"
             ),
             "proxies_setup": format!(
-                "{WORKERS} workers each (slb: 2 Tokio worker threads; nginx: worker_processes \
-                 {WORKERS}; HAProxy: nbthread {WORKERS}); no access logs; keep-alive to the backend: \
-                 nginx (upstream keepalive 64) and HAProxy (http-reuse safe), slb opens a \
-                 connection per request; client keep-alive 60 s, at most 100 requests per client \
+                "{workers} workers each (slb: a single-threaded runtime per core; nginx: \
+                 worker_processes {workers}; HAProxy: nbthread {workers}); no access logs; \
+                 keep-alive to the backend: nginx (upstream keepalive 64), HAProxy (http-reuse \
+                 safe), slb (at most 64 idle per backend and worker); client keep-alive 60 s, at most 100 requests per client \
                  connection for slb (B9.9) and nginx (keepalive_requests 100), no limit in \
                  HAProxy; X-Forwarded-For added by all; HTTPS: TLS 1.2, the tls_cipher_policy_1_2 \
                  suites, RSA 2048 self-signed certificate, session resumption as each proxy \
@@ -675,8 +679,9 @@ impl Bench {
     }
 
     fn proxy_nginx_conf(&self) -> String {
+        let workers = workers();
         format!(
-            "worker_processes {WORKERS};\nworker_rlimit_nofile {nofile};\ndaemon off;\npid {dir}/nginx.pid;\n\
+            "worker_processes {workers};\nworker_rlimit_nofile {nofile};\ndaemon off;\npid {dir}/nginx.pid;\n\
              error_log {dir}/nginx-error.log error;\n\
              events {{ worker_connections {nofile}; }}\n\
              http {{\n  access_log off;\n  keepalive_timeout 60s;\n  keepalive_requests 100;\n\
@@ -695,8 +700,9 @@ impl Bench {
     }
 
     fn haproxy_cfg(&self) -> String {
+        let workers = workers();
         format!(
-            "global\n  nbthread {WORKERS}\n  maxconn {maxconn}\n  no strict-limits\n\
+            "global\n  nbthread {workers}\n  maxconn {maxconn}\n  no strict-limits\n\
                ssl-default-bind-ciphers {POLICY_1_2_CIPHERS}\n\
                ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2\n\n\
              defaults\n  mode http\n  maxconn {maxconn}\n  option http-keep-alive\n  option forwardfor\n\
