@@ -99,14 +99,28 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// `c` clients sharing `calls` calls of `make(i)`; every call must succeed.
+/// Returns once the data plane has programmed every committed change.
+async fn caught_up(api: &Api) -> anyhow::Result<()> {
+    let want = api.generation();
+    let mut applied = api.applied();
+    while *applied.borrow_and_update() < want {
+        applied.changed().await?;
+    }
+    Ok(())
+}
+
+/// `c` clients sharing `calls` calls of `make(i)`; every call must succeed. Starts once the
+/// programming loop has caught up with the writes of the cases before, so that a case is not
+/// timed against their reprogramming.
 async fn load(
+    api: &Api,
     client: &Client,
     action: &'static str,
     c: usize,
     calls: usize,
     make: Arc<dyn Fn(usize) -> Vec<(String, String)> + Send + Sync>,
 ) -> anyhow::Result<Case> {
+    caught_up(api).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..c {
@@ -191,11 +205,25 @@ pub fn run() -> anyhow::Result<Report> {
         Ok(())
     });
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The API on its own runtime, as `slb serve` runs it; the clients on another, as the
+    // SDKs would be other processes.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = rt.block_on(measure(&api));
+    let verifier = Arc::new(Verifier::new(AccessKeys::from_pairs([(
+        "bench".to_string(),
+        "bench".to_string(),
+    )])));
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let server = server_rt.spawn(http::serve(api.clone(), verifier, listener, None));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(measure(&api, addr));
+    server.abort();
+    drop(server_rt);
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -220,23 +248,18 @@ pub fn run() -> anyhow::Result<Report> {
     })
 }
 
-async fn measure(api: &Arc<Api>) -> anyhow::Result<Report> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+async fn measure(api: &Arc<Api>, addr: std::net::SocketAddr) -> anyhow::Result<Report> {
     let client = Client {
-        addr: listener.local_addr()?,
+        addr,
         key_id: "bench".into(),
         secret: "bench".into(),
         tls: None,
     };
-    let verifier = Arc::new(Verifier::new(AccessKeys::from_pairs([(
-        "bench".to_string(),
-        "bench".to_string(),
-    )])));
-    let server = tokio::spawn(http::serve(api.clone(), verifier, listener, None));
     let mut cases = Vec::new();
     for c in CONCURRENCY {
         cases.push(
             load(
+                api,
                 &client,
                 "DescribeLoadBalancerTCPListenerAttribute",
                 c,
@@ -258,6 +281,7 @@ async fn measure(api: &Arc<Api>) -> anyhow::Result<Report> {
         );
         cases.push(
             load(
+                api,
                 &client,
                 "SetBackendServers",
                 c,
@@ -282,6 +306,7 @@ async fn measure(api: &Arc<Api>) -> anyhow::Result<Report> {
         );
         cases.push(
             load(
+                api,
                 &client,
                 "CreateLoadBalancer",
                 c,
@@ -305,15 +330,10 @@ async fn measure(api: &Arc<Api>) -> anyhow::Result<Report> {
         if status != 200 {
             anyhow::bail!("SetBackendServers: {status} {resp}");
         }
-        let want = api.generation();
-        let mut applied = api.applied();
-        while *applied.borrow_and_update() < want {
-            applied.changed().await?;
-        }
+        caught_up(api).await?;
         live.push(acked.elapsed());
     }
     live.sort();
-    server.abort();
     anyhow::Ok(Report {
         listeners: INSTANCES * LISTENERS_PER_INSTANCE,
         backends: INSTANCES * BACKENDS_PER_INSTANCE,
