@@ -308,6 +308,18 @@ async fn forwarding_rules_b11_1_to_b11_3() {
     );
     let ids = list(&created, "Rules", "Rule");
     assert_eq!(ids.len(), 2);
+    // B8.14: DescribeHealthStatus reports the members of the rules' groups too (the listener's
+    // own group is empty here).
+    let h = t
+        .ok(
+            "DescribeHealthStatus",
+            &[("LoadBalancerId", &id), ("ListenerPort", "80")],
+        )
+        .await;
+    let servers = list(&h, "BackendServers", "BackendServer");
+    assert_eq!(servers.len(), 1, "{h}");
+    assert_eq!(servers[0]["ServerId"], "10.66.1.1", "{h}");
+    assert_eq!(servers[0]["Port"], 80, "{h}");
     assert_eq!(ids[0]["RuleName"], "api");
     let api_rule = text(&ids[0], "RuleId").to_string();
     assert!(api_rule.starts_with("rule-"), "{api_rule}");

@@ -1112,7 +1112,7 @@ pub fn describe_health_status(ctx: &mut Ctx, p: &mut ParamMap) -> Result<Respons
     let cfg = ctx.model.config(&config::Agent::default());
     let mut out = Vec::new();
     for l in listeners {
-        for m in cfg.listener_members(lb, l) {
+        for m in cfg.serving_members(lb, l) {
             // B8.14: no check running (stopped listener, check off) ⇒ unavailable.
             let checked = l.status == ListenerStatus::Running
                 && l.health_check.enabled
