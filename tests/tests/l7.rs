@@ -77,7 +77,8 @@ fn get(vip: SocketAddr, extra: &str) -> anyhow::Result<Reply> {
     )
 }
 
-/// B4.15, B4.17, B5.4, B9.1–B9.4, B9.7–B9.11, B9.13: an HTTP listener over two backends.
+/// B4.15, B4.17, B5.4, B9.1–B9.4, B9.7–B9.11, B9.13: an HTTP listener over two backends; a
+/// forwarding rule's group is health-checked and steered like the listener's (B11.4, B4.15).
 #[test]
 fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
     if !tests::is_root() {
@@ -96,6 +97,13 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
             Duration::ZERO,
         )?));
     }
+    let mut rule_backend = Some(HttpBackend::spawn(
+        &lab.backends()[1].ns,
+        SocketAddr::new(IpAddr::V4(lab.backends()[1].v4), 8081),
+        "b2-rule",
+        200,
+        Duration::ZERO,
+    )?);
     let servers: Vec<String> = lab
         .backends()
         .iter()
@@ -104,12 +112,15 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
     let agent = LabAgent::new(&lab, "l7")?;
     let serve = agent.start(&format!(
         "\n[[LoadBalancers]]\nLoadBalancerId = \"lb-l7\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
+         VServerGroups = [ {{ VServerGroupId = \"rsp-b2\", BackendServers = [ {{ ServerId = \"{}\", Port = 8081 }} ] }} ]\n\
          [[LoadBalancers.Listeners]]\nListenerProtocol = \"http\"\nListenerPort = 80\nBackendServerPort = 8080\n\
          Scheduler = \"rr\"\nStickySession = \"off\"\nXForwardedFor_SLBID = \"on\"\nXForwardedFor_proto = \"on\"\n\
          IdleTimeout = 2\nRequestTimeout = 2\n\
-         HealthCheck = \"on\"\nHealthCheckURI = \"/\"\nHealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n",
+         HealthCheck = \"on\"\nHealthCheckURI = \"/\"\nHealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n\
+         Rules = [ {{ RuleId = \"rule-b2\", RuleName = \"b2\", Url = \"/only-b2\", VServerGroupId = \"rsp-b2\" }} ]\n",
         lab.vip_v4(),
-        servers.join(", ")
+        servers.join(", "),
+        lab.backends()[1].v4,
     ))?;
     let vip = SocketAddr::new(IpAddr::V4(lab.vip_v4()), 80);
     let client_ip = lab.client().v4;
@@ -219,6 +230,33 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
     for b in backends.iter().flatten() {
         b.set(|b| b.delay = Duration::ZERO);
     }
+
+    let only_b2 = move || {
+        exchange(
+            &mut connect(vip)?,
+            "GET /only-b2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    };
+    // B11.4: the rule's group, b2's second service, which the listener's group does not have.
+    in_client(Box::new(move || {
+        let r = only_b2()?;
+        assert_eq!(r.header("x-backend").as_deref(), Some("b2-rule"), "{r:?}");
+        Ok(())
+    }))?;
+    // B4.15 for a rule's group: its member is checked too; once that check fails (2 × 1 s),
+    // the rule has no usable backend (503, not a failed exchange), and the listener's group
+    // is untouched.
+    rule_backend.take();
+    std::thread::sleep(Duration::from_millis(3500));
+    in_client(Box::new(move || {
+        let r = only_b2()?;
+        assert_eq!(r.status, 503, "{r:?}");
+        let names: Vec<_> = (0..2)
+            .map(|_| get(vip, "").map(|r| r.header("x-backend")))
+            .collect::<anyhow::Result<_>>()?;
+        assert!(names.contains(&Some("b2".to_string())), "{names:?}");
+        Ok(())
+    }))?;
 
     // B9.10: b2 dies; before its check fails, requests scheduled to it go to b1 instead.
     backends[1].take();
