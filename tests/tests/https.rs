@@ -323,6 +323,37 @@ ListenerPort = 81
         !jar.contains(&b1.to_string()) && !jar.contains(&b2.to_string()),
         "opaque: {jar}"
     );
+    // B6.8: a cookie naming no usable backend (gone, or never one) is served as if absent and
+    // replaced by a cookie for the backend that answered.
+    let head = curl_ok(
+        &ns,
+        &dir,
+        &[
+            "--resolve",
+            &app,
+            "-b",
+            "SERVERID=00000000deadbeef",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "https://app.example/gone",
+        ],
+    )?;
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    let set = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: serverid="))
+        .with_context(|| format!("B6.8: a new cookie in {head}"))?;
+    let token = set["set-cookie: serverid=".len()..]
+        .split(';')
+        .next()
+        .unwrap_or_default();
+    assert!(
+        token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{set}"
+    );
+    assert_ne!(token, "00000000deadbeef", "{set}");
     // B6.6: no cookie on a 4xx answer.
     for b in &backends {
         b.set(|b| b.code = 404);
