@@ -26,7 +26,6 @@ use super::{
     backend::{self, Conn, Failure},
     bandwidth, gzip, rules, sticky, Route, Shared,
 };
-use crate::config::StickySession;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -158,22 +157,31 @@ fn backend_request(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    let h = &route.http;
-    let switched: [(bool, HeaderName, &dyn Fn() -> String); 5] = [
-        (h.xff_slb_id, SLB_ID, &|| route.load_balancer_id.clone()),
-        (h.xff_slb_ip, SLB_IP, &|| route.vip.to_string()),
-        (h.xff_proto, X_FORWARDED_PROTO, &|| route.scheme.to_string()),
-        (h.xff_slb_port, X_FORWARDED_PORT, &|| {
-            route.listener_port.to_string()
-        }),
-        (h.xff_client_src_port, X_FORWARDED_CLIENT_SRCPORT, &|| {
-            client.port().to_string()
-        }),
-    ];
-    for (_, name, value) in switched.into_iter().filter(|(on, ..)| *on) {
-        if let Ok(v) = HeaderValue::try_from(value()) {
+    let put = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
+    };
+    // Values are formatted only for the switches that are on.
+    let h = &route.http;
+    if h.xff_slb_id {
+        put(headers, SLB_ID, &route.load_balancer_id);
+    }
+    if h.xff_slb_ip {
+        put(headers, SLB_IP, &route.vip.to_string());
+    }
+    if h.xff_proto {
+        put(headers, X_FORWARDED_PROTO, route.scheme);
+    }
+    if h.xff_slb_port {
+        put(headers, X_FORWARDED_PORT, &route.listener_port.to_string());
+    }
+    if h.xff_client_src_port {
+        put(
+            headers,
+            X_FORWARDED_CLIENT_SRCPORT,
+            &client.port().to_string(),
+        );
     }
     *req.version_mut() = match version {
         Version::HTTP_11 | Version::HTTP_2 => Version::HTTP_11,
@@ -213,29 +221,18 @@ fn redirect(route: &Route, host: Option<&str>, target: &str, port: u16) -> Respo
 /// Runs a backend exchange as part of the request's future, and on its own task from the
 /// moment that future is dropped (the client went away): the backend exchange is not cut off
 /// in the middle (B9.11). Cheaper than a task per request, which only the rare early leave needs.
-struct Detached<F>(Option<Pin<Box<F>>>)
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static;
+struct Detached<T: Send + 'static>(Option<Pin<Box<dyn Future<Output = T> + Send>>>);
 
-impl<F> Detached<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn new(f: F) -> Self {
+impl<T: Send + 'static> Detached<T> {
+    fn new(f: impl Future<Output = T> + Send + 'static) -> Self {
         Detached(Some(Box::pin(f)))
     }
 }
 
-impl<F> Future for Detached<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
+impl<T: Send + 'static> Future for Detached<T> {
+    type Output = T;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let Some(f) = self.0.as_mut() else {
             return Poll::Pending;
         };
@@ -245,11 +242,7 @@ where
     }
 }
 
-impl<F> Drop for Detached<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
+impl<T: Send + 'static> Drop for Detached<T> {
     fn drop(&mut self) {
         if let (Some(f), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
             rt.spawn(f);
@@ -401,16 +394,13 @@ async fn respond(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if *sticky != StickySession::Off {
-        let token = sticky::token(addr);
-        sticky::respond(
-            sticky,
-            parts.status,
-            wanted.as_deref(),
-            &token,
-            &mut parts.headers,
-        );
-    }
+    sticky::respond(
+        sticky,
+        parts.status,
+        wanted.as_deref(),
+        addr,
+        &mut parts.headers,
+    );
     let resp = Response::from_parts(parts, body.boxed());
     let resp = if gzip {
         gzip::compress(&method, resp)

@@ -47,21 +47,23 @@ pub fn requested(sticky: &StickySession, headers: &mut HeaderMap) -> Option<Stri
     }
 }
 
-/// Adds or rewrites the response's persistence cookie for the backend `chosen` (a [`token`]);
-/// `requested` is what [`requested`] returned for the request. `insert`: `SERVERID` is set
-/// unless the client already carries `chosen` or the status is 4xx (B6.6). `server`: every
-/// `Set-Cookie` of the named cookie gets `chosen` appended to its value, its attributes kept.
+/// Adds or rewrites the response's persistence cookie for the backend at `chosen`, by its
+/// [`token`]; `requested` is what [`requested`] returned for the request. `insert`: `SERVERID`
+/// is set unless the client already carries that token or the status is 4xx (B6.6). `server`:
+/// every `Set-Cookie` of the named cookie gets the token appended to its value, its attributes
+/// kept. `off`: nothing, and no token is computed.
 pub fn respond(
     sticky: &StickySession,
     status: StatusCode,
     requested: Option<&str>,
-    chosen: &str,
+    chosen: SocketAddr,
     headers: &mut HeaderMap,
 ) {
     match sticky {
         StickySession::Off => {}
         StickySession::Insert { cookie_timeout } => {
-            if status.is_client_error() || requested == Some(chosen) {
+            let chosen = token(chosen);
+            if status.is_client_error() || requested == Some(chosen.as_str()) {
                 return;
             }
             let cookie = format!("{INSERTED}={chosen}; Path=/; Max-Age={cookie_timeout}");
@@ -70,7 +72,7 @@ pub fn respond(
             }
         }
         StickySession::Server { cookie } => {
-            rewrite_set_cookies(cookie.as_bytes(), chosen, headers);
+            rewrite_set_cookies(cookie.as_bytes(), &token(chosen), headers);
         }
     }
 }
@@ -216,8 +218,12 @@ mod tests {
         h.get_all(name).iter().map(|v| v.as_bytes()).collect()
     }
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 10], port))
+    }
+
     fn backend(port: u16) -> String {
-        token(SocketAddr::from(([192, 0, 2, 10], port)))
+        token(addr(port))
     }
 
     /// B6.3 DECISION: the token is 16 hex digits that do not show the address, differ per
@@ -243,7 +249,7 @@ mod tests {
         for status in [200, 204, 302, 304, 500, 503] {
             let status = StatusCode::from_u16(status).unwrap();
             let mut h = headers(SET_COOKIE, &[b"app=1"]);
-            respond(&INSERT, status, None, &t, &mut h);
+            respond(&INSERT, status, None, addr(80), &mut h);
             assert_eq!(
                 all(&h, SET_COOKIE),
                 [b"app=1".as_slice(), expected.as_bytes()],
@@ -253,7 +259,7 @@ mod tests {
         for status in [400, 403, 404, 429] {
             let status = StatusCode::from_u16(status).unwrap();
             let mut h = HeaderMap::new();
-            respond(&INSERT, status, None, &t, &mut h);
+            respond(&INSERT, status, None, addr(80), &mut h);
             assert!(h.is_empty(), "{status}");
         }
     }
@@ -264,7 +270,7 @@ mod tests {
     fn insert_token_round_trip() {
         let t = backend(80);
         let mut resp = HeaderMap::new();
-        respond(&INSERT, StatusCode::OK, None, &t, &mut resp);
+        respond(&INSERT, StatusCode::OK, None, addr(80), &mut resp);
         let set = resp.get(SET_COOKIE).unwrap().to_str().unwrap();
         let cookie = set.split(';').next().unwrap();
         let second = format!("a=b; {cookie}; c=d");
@@ -273,7 +279,7 @@ mod tests {
         assert_eq!(requested(&INSERT, &mut req), Some(t.clone()));
         assert_eq!(all(&req, COOKIE), sent);
         let mut resp = HeaderMap::new();
-        respond(&INSERT, StatusCode::OK, Some(&t), &t, &mut resp);
+        respond(&INSERT, StatusCode::OK, Some(&t), addr(80), &mut resp);
         assert!(resp.is_empty());
     }
 
@@ -291,7 +297,7 @@ mod tests {
             &INSERT,
             StatusCode::OK,
             asked.as_deref(),
-            &chosen,
+            addr(80),
             &mut resp,
         );
         assert_eq!(
@@ -317,7 +323,7 @@ mod tests {
                 b"sidx=2",
             ],
         );
-        respond(&sticky, StatusCode::OK, None, &t, &mut resp);
+        respond(&sticky, StatusCode::OK, None, addr(80), &mut resp);
         let rewritten = [
             format!("sid=abc~slb~{t}; Path=/; HttpOnly"),
             "other=1; Max-Age=60".to_string(),
@@ -383,7 +389,7 @@ mod tests {
             assert_eq!(requested(&sticky, &mut req), None);
             assert_eq!(all(&req, COOKIE), junk);
             let mut resp = headers(SET_COOKIE, &junk);
-            respond(&sticky, StatusCode::NOT_FOUND, None, &t, &mut resp);
+            respond(&sticky, StatusCode::NOT_FOUND, None, addr(80), &mut resp);
             assert_eq!(all(&resp, SET_COOKIE), junk);
         }
         let mut odd = b"x=\"; sid=\xff".to_vec();
@@ -402,7 +408,13 @@ mod tests {
         assert_eq!(requested(&StickySession::Off, &mut req), None);
         assert_eq!(all(&req, COOKIE), [sent.as_bytes()]);
         let mut resp = headers(SET_COOKIE, &[b"sid=a"]);
-        respond(&StickySession::Off, StatusCode::OK, None, &t, &mut resp);
+        respond(
+            &StickySession::Off,
+            StatusCode::OK,
+            None,
+            addr(80),
+            &mut resp,
+        );
         assert_eq!(all(&resp, SET_COOKIE), [b"sid=a".as_slice()]);
     }
 
@@ -414,7 +426,7 @@ mod tests {
             let sticky = server("sid");
             let t = backend(port);
             let mut resp = headers(SET_COOKIE, &[format!("sid={value}; Path=/").as_bytes()]);
-            respond(&sticky, StatusCode::OK, None, &t, &mut resp);
+            respond(&sticky, StatusCode::OK, None, addr(port), &mut resp);
             let set = resp.get(SET_COOKIE).unwrap().to_str().unwrap();
             let cookie = set.split("; Path").next().unwrap();
             let mut req = headers(COOKIE, &[format!("a=1; {cookie}").as_bytes()]);
