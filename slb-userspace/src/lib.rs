@@ -21,6 +21,8 @@ pub mod proxy;
 pub mod replay;
 pub mod simulate;
 pub mod stats;
+#[cfg(test)]
+mod test_certs;
 
 /// The XDP object built from `slb-ebpf` by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SLB_EBPF_OBJECT"));

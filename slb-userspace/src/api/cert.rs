@@ -622,12 +622,12 @@ fn unix_seconds(time: &Asn1TimeRef) -> Result<i64, ErrorStack> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openssl::bn::{BigNum, MsbOption};
+    use openssl::bn::BigNum;
     use openssl::dh::Dh;
     use openssl::ec::EcGroup;
     use openssl::symm::Cipher;
-    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-    use openssl::x509::{X509Builder, X509NameBuilder};
+
+    use crate::test_certs::{issue, CertSpec};
     use std::sync::OnceLock;
 
     // Key generation dominates the run time, so the common keys are generated once.
@@ -647,80 +647,6 @@ mod tests {
     fn ec_key(curve: Nid) -> PKey<Private> {
         let group = EcGroup::from_curve_name(curve).unwrap();
         PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
-
-    struct CertSpec<'a> {
-        cn: Option<&'a str>,
-        sans: &'a [&'a str],
-        ip_sans: &'a [&'a str],
-        not_after: Option<i64>,
-        ca: bool,
-        issuer: Option<(&'a X509, &'a PKey<Private>)>,
-        digest: MessageDigest,
-    }
-
-    impl Default for CertSpec<'_> {
-        fn default() -> Self {
-            CertSpec {
-                cn: Some("www.example.com"),
-                sans: &[],
-                ip_sans: &[],
-                not_after: None,
-                ca: false,
-                issuer: None,
-                digest: MessageDigest::sha256(),
-            }
-        }
-    }
-
-    fn issue(key: &PKey<Private>, spec: CertSpec) -> X509 {
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        if let Some(cn) = spec.cn {
-            name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-        }
-        name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "slb test")
-            .unwrap();
-        let name = name.build();
-        b.set_subject_name(&name).unwrap();
-        match spec.issuer {
-            Some((cert, _)) => b.set_issuer_name(cert.subject_name()).unwrap(),
-            None => b.set_issuer_name(&name).unwrap(),
-        }
-        b.set_pubkey(key).unwrap();
-        b.set_not_before(&Asn1Time::from_unix(1_500_000_000).unwrap())
-            .unwrap();
-        let not_after = match spec.not_after {
-            Some(t) => Asn1Time::from_unix(t).unwrap(),
-            None => Asn1Time::days_from_now(365).unwrap(),
-        };
-        b.set_not_after(&not_after).unwrap();
-        let mut bc = BasicConstraints::new();
-        if spec.ca {
-            bc.critical().ca();
-        }
-        b.append_extension(bc.build().unwrap()).unwrap();
-        if !spec.sans.is_empty() || !spec.ip_sans.is_empty() {
-            let mut san = SubjectAlternativeName::new();
-            for dns in spec.sans {
-                san.dns(dns);
-            }
-            for ip in spec.ip_sans {
-                san.ip(ip);
-            }
-            let ext = san
-                .build(&b.x509v3_context(spec.issuer.map(|(c, _)| &**c), None))
-                .unwrap();
-            b.append_extension(ext).unwrap();
-        }
-        let signer = spec.issuer.map_or(key, |(_, k)| k);
-        b.sign(signer, spec.digest).unwrap();
-        b.build()
     }
 
     fn self_signed(key: &PKey<Private>) -> X509 {

@@ -275,18 +275,15 @@ mod tests {
     use std::sync::OnceLock;
     use std::thread::{self, JoinHandle};
 
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
     use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
     use openssl::nid::Nid;
     use openssl::pkey::Private;
     use openssl::rsa::Rsa;
     use openssl::ssl::{Ssl, SslConnector, SslSession};
-    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-    use openssl::x509::{X509Builder, X509NameBuilder, X509Ref};
+    use openssl::x509::X509Ref;
 
     use crate::config::DomainExtension;
+    use crate::test_certs::{issue, CertSpec};
 
     struct Leaf {
         cert: X509,
@@ -338,29 +335,38 @@ mod tests {
             let ec_key = PKey::from_ec_key(EcKey::generate(&p256).unwrap()).unwrap();
             let small_key = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
 
-            let root = issue("slb test root", &[], &ca_key, None, true);
-            let intermediate = issue(
-                "slb test intermediate",
-                &[],
-                &ca_key,
-                Some((&root, &ca_key)),
-                true,
-            );
-            let client_ca = issue("slb client CA", &[], &ca_key, None, true);
-            let client_intermediate = issue(
+            let ca = |cn: &str, key: &PKey<Private>, issuer: Option<(&X509, &PKey<Private>)>| {
+                let spec = CertSpec {
+                    cn: Some(cn),
+                    ca: true,
+                    issuer,
+                    ..CertSpec::default()
+                };
+                issue(key, spec)
+            };
+            let root = ca("slb test root", &ca_key, None);
+            let intermediate = ca("slb test intermediate", &ca_key, Some((&root, &ca_key)));
+            let client_ca = ca("slb client CA", &ca_key, None);
+            let client_intermediate = ca(
                 "slb client intermediate",
-                &[],
                 &ca_key,
                 Some((&client_ca, &ca_key)),
-                true,
             );
             // The trusted CA's name with another key: only the signature tells them apart.
-            let foreign_ca = issue("slb client CA", &[], &leaf_key, None, true);
+            let foreign_ca = ca("slb client CA", &leaf_key, None);
             let leaf =
-                |cn: &str, san: &str, key: &PKey<Private>, issuer: (&X509, &PKey<Private>)| Leaf {
-                    cert: issue(cn, &[san], key, Some(issuer), false),
-                    key: key.clone(),
-                    chain: Vec::new(),
+                |cn: &str, san: &str, key: &PKey<Private>, issuer: (&X509, &PKey<Private>)| {
+                    let spec = CertSpec {
+                        cn: Some(cn),
+                        sans: &[san],
+                        issuer: Some(issuer),
+                        ..CertSpec::default()
+                    };
+                    Leaf {
+                        cert: issue(key, spec),
+                        key: key.clone(),
+                        chain: Vec::new(),
+                    }
                 };
             let mut rsa_leaf = leaf(
                 "listener-rsa",
@@ -404,50 +410,6 @@ mod tests {
                 client_intermediate,
             }
         })
-    }
-
-    fn issue(
-        cn: &str,
-        sans: &[&str],
-        key: &PKey<Private>,
-        issuer: Option<(&X509, &PKey<Private>)>,
-        ca: bool,
-    ) -> X509 {
-        let mut b = X509Builder::new().unwrap();
-        b.set_version(2).unwrap();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-        let name = name.build();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(issuer.map_or(&*name, |(c, _)| c.subject_name()))
-            .unwrap();
-        b.set_pubkey(key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        let mut bc = BasicConstraints::new();
-        if ca {
-            bc.critical().ca();
-        }
-        b.append_extension(bc.build().unwrap()).unwrap();
-        if !sans.is_empty() {
-            let mut san = SubjectAlternativeName::new();
-            for s in sans {
-                san.dns(s);
-            }
-            let ext = san
-                .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
-                .unwrap();
-            b.append_extension(ext).unwrap();
-        }
-        b.sign(issuer.map_or(key, |(_, k)| k), MessageDigest::sha256())
-            .unwrap();
-        b.build()
     }
 
     fn pem(cert: &X509Ref) -> String {
