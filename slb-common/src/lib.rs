@@ -44,6 +44,8 @@ pub const TCP_CLOSING_TIMEOUT_S: u32 = 10;
 pub const TCP_SYN_TIMEOUT_S: u32 = 30;
 
 pub const MAP_LISTENERS: &str = "LISTENERS";
+pub const MAP_LISTENER_SLOTS: &str = "LISTENER_SLOTS";
+pub const MAP_PORT_LISTENERS: &str = "PORT_LISTENERS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_BACKEND_DOWN: &str = "BACKEND_DOWN";
@@ -59,8 +61,10 @@ pub const MAP_LISTENER_STATS: &str = "LISTENER_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 /// Every map the program declares, in the order `slb stats` and the pin directory list them.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_LISTENERS,
+    MAP_LISTENER_SLOTS,
+    MAP_PORT_LISTENERS,
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_BACKEND_DOWN,
@@ -87,6 +91,29 @@ pub struct ListenerKey {
     pub family: u8,
 }
 const _: () = assert!(size_of::<ListenerKey>() == 20);
+
+/// `PORT_LISTENERS` has one entry per (protocol, port): TCP ports first, then UDP.
+pub const PORT_LISTENER_ENTRIES: u32 = 2 << 16;
+/// `PORT_LISTENERS` value: listeners of several VIPs use this port, look the key up in
+/// `LISTENERS`. Otherwise a value is 0 (no listener) or the one listener's id + 1.
+pub const PORT_SHARED: u32 = u32::MAX;
+
+/// Index into `PORT_LISTENERS` of a (protocol, port as in the packet).
+#[inline(always)]
+pub fn port_index(proto: u8, port: u16) -> u32 {
+    let udp = u32::from(proto == PROTO_UDP);
+    (udp << 16) | u32::from(port)
+}
+
+/// `LISTENER_SLOTS[id]`: the listener with that id, key included, so that a lookup by port
+/// alone can check the VIP. A zero key marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSlot {
+    pub key: ListenerKey,
+    pub meta: ListenerMeta,
+}
+const _: () = assert!(size_of::<ListenerSlot>() == 60);
 
 /// The listener accepts new flows (listener `Status` running).
 pub const LF_RUNNING: u32 = 1;
@@ -402,6 +429,7 @@ mod pod {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for ListenerMeta {}
+    unsafe impl aya::Pod for ListenerSlot {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for SlabEntry {}
     unsafe impl aya::Pod for FlowKey {}

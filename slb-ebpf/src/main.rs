@@ -29,7 +29,7 @@ use aya_ebpf::{
 use slb_common::*;
 
 use crate::{
-    maps::{BACKENDS, LISTENERS, REV_FLOWS},
+    maps::{BACKENDS, LISTENERS, LISTENER_SLOTS, PORT_LISTENERS, REV_FLOWS},
     nat::End,
     parse::{Pkt, TCP_ACK, TCP_SYN},
 };
@@ -53,14 +53,7 @@ fn run(ctx: &XdpContext) -> u32 {
         Ok(p) => p,
         Err(action) => return action,
     };
-    let lkey = ListenerKey {
-        addr: pkt.dst,
-        port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
-    // SAFETY: the value is copied out at once.
-    if let Some(meta) = unsafe { LISTENERS.get(&lkey) }.copied() {
+    if let Some(meta) = listener(&pkt) {
         return to_backend(ctx, &mut pkt, &meta);
     }
     let rkey = conntrack::key(
@@ -72,6 +65,34 @@ fn run(ctx: &XdpContext) -> u32 {
     }
     stats::global(GS_PASS_NOT_LISTENER);
     xdp_action::XDP_PASS
+}
+
+/// The listener the packet is addressed to, if any.
+#[inline(always)]
+fn listener(pkt: &Pkt) -> Option<ListenerMeta> {
+    let key = ListenerKey {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    match PORT_LISTENERS
+        .get(port_index(pkt.proto, pkt.dport))
+        .copied()
+    {
+        None | Some(0) => None,
+        // SAFETY: the value is copied out at once.
+        Some(PORT_SHARED) => unsafe { LISTENERS.get(&key) }.copied(),
+        Some(n) => {
+            let slot = LISTENER_SLOTS.get(n - 1)?;
+            let k = &slot.key;
+            let same = nat::same_addr(&k.addr, &key.addr)
+                && k.port == key.port
+                && k.proto == key.proto
+                && k.family == key.family;
+            same.then_some(slot.meta)
+        }
+    }
 }
 
 #[inline(always)]

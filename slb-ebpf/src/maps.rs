@@ -13,6 +13,14 @@ use crate::nat::NextHop;
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, ListenerMeta> =
     HashMap::with_max_entries(MAX_LISTENERS, 0);
+/// Listener id → the listener, for lookups by port (`PORT_LISTENERS`).
+#[map]
+pub static LISTENER_SLOTS: Array<ListenerSlot> = Array::with_max_entries(MAX_LISTENERS, 0);
+/// (protocol, port) → which listeners use it (see `PORT_SHARED`): an array read is inlined by
+/// the verifier, a hash lookup is a kernel call, so a port with one listener and a port with
+/// none (every reply's client port, mostly) skip `LISTENERS`.
+#[map]
+pub static PORT_LISTENERS: Array<u32> = Array::with_max_entries(PORT_LISTENER_ENTRIES, 0);
 /// Every VIP address (value unused).
 #[map]
 pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);

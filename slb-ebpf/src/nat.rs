@@ -128,7 +128,7 @@ pub struct NextHop {
 }
 
 #[inline(always)]
-fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
+pub fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
     // Word by word: an array comparison compiles to a call of the BPF `bcmp` byte loop.
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }

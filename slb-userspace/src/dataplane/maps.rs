@@ -9,6 +9,8 @@ use super::DataplaneError;
 
 pub struct Maps {
     pub listeners: HashMap<MapData, ListenerKey, ListenerMeta>,
+    pub listener_slots: Array<MapData, ListenerSlot>,
+    pub port_listeners: Array<MapData, u32>,
     pub vips: HashMap<MapData, VipKey, u32>,
     pub backends: Array<MapData, Backend>,
     pub backend_down: Array<MapData, u32>,
@@ -38,6 +40,8 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
             listeners: take(ebpf, MAP_LISTENERS)?,
+            listener_slots: take(ebpf, MAP_LISTENER_SLOTS)?,
+            port_listeners: take(ebpf, MAP_PORT_LISTENERS)?,
             vips: take(ebpf, MAP_VIPS)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             backend_down: take(ebpf, MAP_BACKEND_DOWN)?,
@@ -68,6 +72,8 @@ impl Maps {
         }
         Ok(Self {
             listeners: open(dir, MAP_LISTENERS)?,
+            listener_slots: open(dir, MAP_LISTENER_SLOTS)?,
+            port_listeners: open(dir, MAP_PORT_LISTENERS)?,
             vips: open(dir, MAP_VIPS)?,
             backends: open(dir, MAP_BACKENDS)?,
             backend_down: open(dir, MAP_BACKEND_DOWN)?,

@@ -149,6 +149,8 @@ pub struct Sync {
     /// What each programmed listener was built from: an identical image next time means
     /// nothing of it can have changed (its backends keep their slots while it uses them).
     images: BTreeMap<ListenerKey, ListenerImage>,
+    /// The non-zero entries of `PORT_LISTENERS`.
+    ports: BTreeMap<u32, u32>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -218,6 +220,7 @@ impl Sync {
             vips: BTreeSet::new(),
             slab: SlabAlloc::default(),
             images: BTreeMap::new(),
+            ports: BTreeMap::new(),
         };
         let listeners: Vec<(ListenerKey, ListenerMeta)> = s
             .maps
@@ -237,9 +240,16 @@ impl Sync {
                 );
             }
             s.slab.adopt(meta.table_off, table.clone());
+            // An agent of an earlier version left no slots; writing them is idempotent.
+            s.write_slot(meta.id, ListenerSlot { key, meta })?;
             s.listener_ids.insert(key, meta.id);
             s.programmed.insert(key, Programmed { meta, table });
         }
+        // Every port in use is written: a zero there would hide its listeners. An entry left
+        // over from an interrupted apply is harmless: it only ever leads to a key comparison or
+        // a `LISTENERS` lookup that finds nothing.
+        let ports = s.wanted_ports(s.listener_ids.keys());
+        s.sync_ports(ports)?;
         for key in s.maps.vips.keys() {
             s.vips.insert(key.map_err(map_err(MAP_VIPS))?);
         }
@@ -317,6 +327,47 @@ impl Sync {
             needed: 1,
             capacity: MAX_BACKENDS.into(),
         })
+    }
+
+    fn write_slot(&mut self, id: u32, slot: ListenerSlot) -> Result<(), DataplaneError> {
+        self.maps
+            .listener_slots
+            .set(id, slot, 0)
+            .map_err(map_err(MAP_LISTENER_SLOTS))
+    }
+
+    /// `PORT_LISTENERS` for these listeners (each must have an id).
+    fn wanted_ports<'a>(&self, keys: impl Iterator<Item = &'a ListenerKey>) -> BTreeMap<u32, u32> {
+        let mut ports = BTreeMap::new();
+        for key in keys {
+            let id = self.listener_ids[key];
+            ports
+                .entry(port_index(key.proto, key.port))
+                .and_modify(|v| *v = PORT_SHARED)
+                .or_insert(id + 1);
+        }
+        ports
+    }
+
+    fn sync_ports(&mut self, wanted: BTreeMap<u32, u32>) -> Result<(), DataplaneError> {
+        let cleared: Vec<u32> = self
+            .ports
+            .keys()
+            .filter(|idx| !wanted.contains_key(idx))
+            .copied()
+            .collect();
+        let changed = wanted
+            .iter()
+            .filter(|(idx, v)| self.ports.get(idx) != Some(v))
+            .map(|(idx, v)| (*idx, *v));
+        for (idx, v) in changed.chain(cleared.into_iter().map(|idx| (idx, 0))) {
+            self.maps
+                .port_listeners
+                .set(idx, v, 0)
+                .map_err(map_err(MAP_PORT_LISTENERS))?;
+        }
+        self.ports = wanted;
+        Ok(())
     }
 
     fn alloc_listener_id(&self) -> Result<u32, DataplaneError> {
@@ -503,6 +554,8 @@ impl Sync {
                 } else {
                     report.listeners_changed += 1;
                 }
+                // The slot first: a port entry naming this id is only written below.
+                self.write_slot(id, ListenerSlot { key: *key, meta })?;
                 self.maps
                     .listeners
                     .insert(key, meta, 0)
@@ -533,6 +586,8 @@ impl Sync {
             self.programmed.insert(*key, Programmed { meta, table });
             self.images.insert(*key, li.clone());
         }
+        let ports = self.wanted_ports(image.listeners.keys());
+        self.sync_ports(ports)?;
         let gone: Vec<ListenerKey> = self
             .programmed
             .keys()
@@ -550,6 +605,7 @@ impl Sync {
                 }
             }
             if let Some(p) = self.programmed.remove(&key) {
+                self.write_slot(p.meta.id, ListenerSlot::default())?;
                 self.slab
                     .release(p.meta.table_off, p.meta.table_len + p.meta.members_len);
                 self.prune_persistence(p.meta.id, &BTreeSet::new())?;
