@@ -516,6 +516,10 @@ ListenerPort = 81
         Ok(())
     })??;
 
+    // B9.18 over HTTP/2: an extended CONNECT (RFC 8441) becomes the backend's HTTP/1.1 upgrade.
+    let wss = SocketAddr::new(IpAddr::V4(vip), 443);
+    in_netns(&ns, move || websocket_over_http2(wss))??;
+
     drop(serve);
     // The lab's VIP is an address on lo: stopping the agent leaves its kernel route alone.
     let route = Command::new("ip")
@@ -545,6 +549,62 @@ ListenerPort = 81
 /// B10.1, B10.4, B10.17: `[[ServerCertificates]]` / `[[CACertificates]]` name PEM files next to
 /// the configuration; unreadable files, unknown certificate IDs and an extension domain its
 /// certificate does not serve are rejected at the field, and text without a file refuses them.
+/// A WebSocket opened with an HTTP/2 extended CONNECT on `addr` (TLS, ALPN h2), then frames
+/// both ways through the backend's echo.
+fn websocket_over_http2(addr: SocketAddr) -> anyhow::Result<()> {
+    use ::openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::{ext::Protocol, Method, Request, StatusCode};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut b = SslConnector::builder(SslMethod::tls_client())?;
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_alpn_protos(b"\x02h2")?;
+        let ssl = b.build().configure()?.into_ssl("app.example")?;
+        let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
+        std::pin::Pin::new(&mut tls).connect().await?;
+        assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        // A plain request first: its answer comes after the server's SETTINGS, which must
+        // have enabled the extended CONNECT before one can be sent.
+        let get = Request::get("https://app.example/").body(Empty::<Bytes>::new())?;
+        assert_eq!(sender.send_request(get).await?.status(), StatusCode::OK);
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("https://app.example/chat")
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())?;
+        req.extensions_mut()
+            .insert(Protocol::from_static("websocket"));
+        let resp = sender.send_request(req).await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
+        let mut io = TokioIo::new(hyper::upgrade::on(resp).await?);
+        for msg in ["over", "h2"] {
+            let mask = [5u8, 6, 7, 8];
+            let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            io.write_all(&frame).await?;
+            let mut hdr = [0u8; 2];
+            io.read_exact(&mut hdr).await?;
+            let mut payload = vec![0u8; usize::from(hdr[1])];
+            io.read_exact(&mut payload).await?;
+            let text = String::from_utf8(payload).context("text frame")?;
+            assert!(text.ends_with(&format!(":{msg}")), "{text}");
+        }
+        anyhow::Ok(())
+    })
+}
+
 #[test]
 fn certificate_sections_are_validated() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("slb-certsections-{}", std::process::id()));

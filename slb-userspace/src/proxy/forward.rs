@@ -11,13 +11,17 @@ use std::{
     time::Instant,
 };
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
 use hyper::{
     body::Incoming,
-    header::{self, HeaderName, HeaderValue},
+    header::{
+        self, HeaderName, HeaderValue, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_PROTOCOL,
+    },
     upgrade::OnUpgrade,
-    HeaderMap, Request, Response, StatusCode, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
 };
 use hyper_util::rt::TokioIo;
 
@@ -95,12 +99,41 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// An HTTP/1.1 request to switch protocols (WebSocket, B9.18).
-fn upgrade_of(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
-    let connection_says = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    (version == Version::HTTP_11 && connection_says)
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+/// A request to switch protocols (WebSocket, B9.18): an HTTP/1.1 `Upgrade`, or an HTTP/2
+/// extended CONNECT whose `:protocol` names it (RFC 8441). The value is the protocol.
+fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.version() {
+        Version::HTTP_11 => connection_tokens(req.headers())
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+            .then(|| req.headers().get(header::UPGRADE).cloned())
+            .flatten(),
+        Version::HTTP_2 if req.method() == Method::CONNECT => req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .and_then(|p| HeaderValue::from_str(p.as_str()).ok()),
+        _ => None,
+    }
+}
+
+/// `Sec-WebSocket-Key` for a backend handshake that an HTTP/2 client started: RFC 8441 has no
+/// key, the backend's HTTP/1.1 handshake needs one (16 random bytes, base64).
+fn websocket_key() -> Option<HeaderValue> {
+    let mut nonce = [0u8; 16];
+    openssl::rand::rand_bytes(&mut nonce).ok()?;
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(nonce)).ok()
+}
+
+/// The answer to an HTTP/2 extended CONNECT whose backend switched protocols: `200` (HTTP/2
+/// has no `101`), with the negotiated subprotocol and extensions, and no HTTP/1.1 handshake
+/// fields.
+fn connect_accepted(backend: &HeaderMap) -> Response<Body> {
+    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    for name in [SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_EXTENSIONS] {
+        if let Some(v) = backend.get(&name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
+    r
 }
 
 /// The request's host: the Host header, or the HTTP/2 authority.
@@ -127,6 +160,11 @@ fn backend_request(
     if let Some(protocol) = upgrade {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if version == Version::HTTP_2 {
+            if let Some(key) = websocket_key() {
+                headers.insert(SEC_WEBSOCKET_KEY, key);
+            }
+        }
     }
     if version == Version::HTTP_2 {
         // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
@@ -182,6 +220,10 @@ fn backend_request(
             X_FORWARDED_CLIENT_SRCPORT,
             &client.port().to_string(),
         );
+    }
+    if version == Version::HTTP_2 && req.method() == Method::CONNECT {
+        // RFC 8441 §5: the extended CONNECT is the HTTP/1.1 upgrade's GET.
+        *req.method_mut() = Method::GET;
     }
     *req.version_mut() = match version {
         Version::HTTP_11 | Version::HTTP_2 => Version::HTTP_11,
@@ -337,7 +379,8 @@ async fn respond(
         let pinned = order.remove(at);
         order.insert(0, pinned);
     }
-    let upgrade = upgrade_of(req.headers(), req.version());
+    let upgrade = upgrade_of(&req);
+    let http2 = req.version() == Version::HTTP_2;
     let mut connected = None;
     for i in order {
         let addr = pool.addr(i);
@@ -388,6 +431,9 @@ async fn respond(
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (resp.status(), client_upgrade) {
         let backend_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(tunnel(client_side, backend_side, addr));
+        if http2 {
+            return (connect_accepted(resp.headers()), Some(addr));
+        }
         let (parts, _) = resp.into_parts();
         let body = Empty::new().map_err(|never| match never {}).boxed();
         return (Response::from_parts(parts, body), Some(addr));

@@ -639,6 +639,8 @@ impl Connection {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_REQUESTS_PER_CONNECTION)
+            // WebSocket over HTTP/2 (RFC 8441, B9.18).
+            .enable_connect_protocol()
             .serve_connection(io, svc);
         tokio::pin!(conn);
         let mut check = tokio::time::interval(Duration::from_millis(500));
