@@ -81,6 +81,7 @@ fn certificates(dir: &Path) {
         );
     };
     leaf("app", "ca", "subjectAltName=DNS:app.example\n");
+    leaf("app-renewed", "ca", "subjectAltName=DNS:app.example\n");
     leaf("www", "ca", "subjectAltName=DNS:www.example.com\n");
     leaf("wild", "ca", "subjectAltName=DNS:*.example.com\n");
     leaf("market", "ca", "subjectAltName=DNS:*.market.example.com\n");
@@ -520,6 +521,37 @@ ListenerPort = 81
     let wss = SocketAddr::new(IpAddr::V4(vip), 443);
     in_netns(&ns, move || websocket_over_http2(wss))??;
 
+    // Certificate replacement: a reload points cert-app at a renewed certificate. New
+    // handshakes get it; a connection made before goes on with its requests.
+    let tls443 = SocketAddr::new(IpAddr::V4(vip), 443);
+    let mut before = in_netns(&ns, move || Http1Tls::connect(tls443))??;
+    assert_eq!(before.cn, "app");
+    assert!(before.get()?.starts_with("HTTP/1.1 200"));
+    let config = agent.dir.join("slb.toml");
+    let text = std::fs::read_to_string(&config)?
+        .replace("\"app.pem\"", "\"app-renewed.pem\"")
+        .replace("\"app.key\"", "\"app-renewed.key\"");
+    std::fs::write(&config, text)?;
+    // SAFETY: plain signal to the agent (nsenter executed it in place, same pid).
+    let pid = i32::try_from(serve.0.id())?;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cn = in_netns(&ns, move || Http1Tls::connect(tls443).map(|c| c.cn))??;
+        if cn == "app-renewed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {cn} after the reload"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..3 {
+        let head = before.get()?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+
     drop(serve);
     // The lab's VIP is an address on lo: stopping the agent leaves its kernel route alone.
     let route = Command::new("ip")
@@ -549,6 +581,63 @@ ListenerPort = 81
 /// B10.1, B10.4, B10.17: `[[ServerCertificates]]` / `[[CACertificates]]` name PEM files next to
 /// the configuration; unreadable files, unknown certificate IDs and an extension domain its
 /// certificate does not serve are rejected at the field, and text without a file refuses them.
+/// A TLS connection speaking HTTP/1.1 (no ALPN offered), with the server certificate's CN.
+struct Http1Tls {
+    stream: ::openssl::ssl::SslStream<TcpStream>,
+    cn: String,
+}
+
+impl Http1Tls {
+    fn connect(addr: SocketAddr) -> anyhow::Result<Http1Tls> {
+        use ::openssl::{
+            nid::Nid,
+            ssl::{SslConnector, SslMethod, SslVerifyMode},
+        };
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut b = SslConnector::builder(SslMethod::tls_client())?;
+        b.set_verify(SslVerifyMode::NONE);
+        let stream = b.build().connect("app.example", tcp)?;
+        let cert = stream
+            .ssl()
+            .peer_certificate()
+            .context("no server certificate")?;
+        let cn = cert
+            .subject_name()
+            .entries_by_nid(Nid::COMMONNAME)
+            .next()
+            .context("no CN")?
+            .data()
+            .as_slice()
+            .to_vec();
+        let cn = String::from_utf8(cn).context("CN")?;
+        Ok(Http1Tls { stream, cn })
+    }
+
+    /// One keep-alive request; the response head (the body is read and dropped).
+    fn get(&mut self) -> anyhow::Result<String> {
+        write!(self.stream, "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.stream.read_exact(&mut byte)?;
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .context("no Content-Length")?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(head)
+    }
+}
+
 /// A WebSocket opened with an HTTP/2 extended CONNECT on `addr` (TLS, ALPN h2), then frames
 /// both ways through the backend's echo.
 fn websocket_over_http2(addr: SocketAddr) -> anyhow::Result<()> {
