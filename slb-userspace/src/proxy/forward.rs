@@ -155,15 +155,20 @@ fn backend_request(
     upgrade: Option<HeaderValue>,
 ) -> Request<Incoming> {
     let version = req.version();
+    // RFC 8441 §5: the extended CONNECT is the HTTP/1.1 upgrade's GET.
+    let extended_connect = version == Version::HTTP_2 && upgrade.is_some();
+    if extended_connect {
+        *req.method_mut() = Method::GET;
+    }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if version == Version::HTTP_2 {
-            if let Some(key) = websocket_key() {
-                headers.insert(SEC_WEBSOCKET_KEY, key);
-            }
+    }
+    if extended_connect {
+        if let Some(key) = websocket_key() {
+            headers.insert(SEC_WEBSOCKET_KEY, key);
         }
     }
     if version == Version::HTTP_2 {
@@ -220,10 +225,6 @@ fn backend_request(
             X_FORWARDED_CLIENT_SRCPORT,
             &client.port().to_string(),
         );
-    }
-    if version == Version::HTTP_2 && req.method() == Method::CONNECT {
-        // RFC 8441 §5: the extended CONNECT is the HTTP/1.1 upgrade's GET.
-        *req.method_mut() = Method::GET;
     }
     *req.version_mut() = match version {
         Version::HTTP_11 | Version::HTTP_2 => Version::HTTP_11,
