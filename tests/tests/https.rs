@@ -489,24 +489,14 @@ ListenerPort = 81
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         write!(s, "GET /chat HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte)?;
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let head = read_head(&mut s)?.to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 101"), "{head}");
         assert!(
             head.contains(&websocket_accept(key).to_ascii_lowercase()),
             "{head}"
         );
         for msg in ["hello", "again"] {
-            let mask = [1u8, 2, 3, 4];
-            let mut frame = vec![0x81, 0x80 | msg.len() as u8];
-            frame.extend_from_slice(&mask);
-            frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-            s.write_all(&frame)?;
+            s.write_all(&masked_text_frame(msg))?;
             let mut hdr = [0u8; 2];
             s.read_exact(&mut hdr)?;
             let mut payload = vec![0u8; usize::from(hdr[1])];
@@ -581,6 +571,27 @@ ListenerPort = 81
 /// B10.1, B10.4, B10.17: `[[ServerCertificates]]` / `[[CACertificates]]` name PEM files next to
 /// the configuration; unreadable files, unknown certificate IDs and an extension domain its
 /// certificate does not serve are rejected at the field, and text without a file refuses them.
+/// An HTTP/1.x response head, up to and including the blank line, read byte by byte so that
+/// nothing after it is consumed.
+fn read_head(stream: &mut impl Read) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A client's WebSocket text frame (masked, as RFC 6455 requires; payload under 126 bytes).
+fn masked_text_frame(msg: &str) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 /// A TLS connection speaking HTTP/1.1 (no ALPN offered), with the server certificate's CN.
 struct Http1Tls {
     stream: ::openssl::ssl::SslStream<TcpStream>,
@@ -617,13 +628,7 @@ impl Http1Tls {
     /// One keep-alive request; the response head (the body is read and dropped).
     fn get(&mut self) -> anyhow::Result<String> {
         write!(self.stream, "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")?;
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            self.stream.read_exact(&mut byte)?;
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
+        let head = read_head(&mut self.stream)?;
         let len: usize = head
             .lines()
             .find_map(|l| {
@@ -678,11 +683,7 @@ fn websocket_over_http2(addr: SocketAddr) -> anyhow::Result<()> {
         assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
         let mut io = TokioIo::new(hyper::upgrade::on(resp).await?);
         for msg in ["over", "h2"] {
-            let mask = [5u8, 6, 7, 8];
-            let mut frame = vec![0x81, 0x80 | msg.len() as u8];
-            frame.extend_from_slice(&mask);
-            frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-            io.write_all(&frame).await?;
+            io.write_all(&masked_text_frame(msg)).await?;
             let mut hdr = [0u8; 2];
             io.read_exact(&mut hdr).await?;
             let mut payload = vec![0u8; usize::from(hdr[1])];

@@ -62,6 +62,11 @@ const OWN: [HeaderName; 5] = [
     X_FORWARDED_CLIENT_SRCPORT,
 ];
 
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -127,7 +132,7 @@ fn websocket_key() -> Option<HeaderValue> {
 /// has no `101`), with the negotiated subprotocol and extensions, and no HTTP/1.1 handshake
 /// fields.
 fn connect_accepted(backend: &HeaderMap) -> Response<Body> {
-    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    let mut r = Response::new(empty());
     for name in [SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_EXTENSIONS] {
         if let Some(v) = backend.get(&name) {
             r.headers_mut().insert(name, v.clone());
@@ -436,8 +441,7 @@ async fn respond(
             return (connect_accepted(resp.headers()), Some(addr));
         }
         let (parts, _) = resp.into_parts();
-        let body = Empty::new().map_err(|never| match never {}).boxed();
-        return (Response::from_parts(parts, body), Some(addr));
+        return (Response::from_parts(parts, empty()), Some(addr));
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

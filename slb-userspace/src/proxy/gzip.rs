@@ -384,7 +384,7 @@ mod tests {
             ),
             ("empty", Method::GET, response(200, &[plain], "")),
             ("empty body type", Method::GET, {
-                let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+                let mut r = Response::new(crate::proxy::forward::empty());
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 r
