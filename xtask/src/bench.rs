@@ -4,19 +4,15 @@
 //!
 //! 1. `slb bench-xdp --json`: ns/packet of the XDP program through `BPF_PROG_TEST_RUN` (hit,
 //!    new flow per scheduler, IPv6, a 10,000-entry ACL) and Maglev build times.
-//! 2. In one namespace lab (`slbbench-*`, 3 backends), the same UDP traffic through our XDP
-//!    path and then through an nftables DNAT load balancer: packets per second delivered at the
-//!    backends and the machine's CPU over the window, and their ratio.
+//! 2. In one namespace lab (`slbbench-*`, 3 backends), the same UDP traffic (from the
+//!    live-frames generator in `livegen`) through our XDP path and then through an nftables DNAT
+//!    load balancer: packets per second counted at the backends' ingress and the machine's CPU
+//!    over the window, and their ratio.
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
     process::Command,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::RecvTimeoutError,
-        Arc,
-    },
-    thread::{self, JoinHandle},
+    sync::mpsc::RecvTimeoutError,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -24,11 +20,13 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
     cmd,
-    lab::{self, in_netns, Lab},
+    lab::{self, Lab},
 };
 
 use crate::{
     agent::{unload, Agent},
+    floor,
+    livegen::{self, Frame, Generator},
     setup, OwnedDir, Workspace,
 };
 
@@ -39,18 +37,14 @@ const N: u8 = 90;
 const BACKENDS: usize = 3;
 const PORT: u16 = 9000;
 const PIN_PATH: &str = "/sys/fs/bpf/slb-bench";
-/// Distinct client source ports, so both load balancers track many flows.
-const FLOWS: usize = 256;
 /// One sender per core: the generator shares the machine with the sinks and the forwarding.
 const SENDERS: usize = 2;
-/// 64-byte UDP payloads.
-const PAYLOAD: [u8; 64] = [0x5a; 64];
+/// UDP payload bytes.
+const PAYLOAD: usize = 64;
 /// Traffic before the window: ARP/ND resolution, conntrack and flow entries, caches.
 const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often sinks look at their stop flag while idle.
-const POLL: Duration = Duration::from_millis(50);
 /// Targets from the benchmark issue.
 const RATE_TARGET: f64 = 2.0;
 
@@ -60,6 +54,8 @@ pub fn l4(ws: &Workspace) -> Result<()> {
     println!("==> slb bench-xdp (BPF_PROG_TEST_RUN)");
     let out = cmd::output(Command::new(&slb).args(["bench-xdp", "--json"]))?;
     let xdp: Value = serde_json::from_str(&out).context("parsing `slb bench-xdp --json`")?;
+    println!("==> kernel floors (minimal programs: clock and flow-table operations only)");
+    let floors = floor::measure()?;
 
     println!("==> namespace lab: XDP vs nftables DNAT, {WINDOW:?} each");
     let lab = compare(&slb)?;
@@ -67,6 +63,7 @@ pub fn l4(ws: &Workspace) -> Result<()> {
     let report = json!({
         "metadata": metadata()?,
         "xdp_test_run": xdp,
+        "kernel_floors": floors,
         "namespace_lab": lab,
     });
     let path = write_results(ws, RESULTS, &report)?;
@@ -248,16 +245,15 @@ fn compare(slb: &Path) -> Result<Value> {
     let pins = OwnedDir(PIN_PATH.into());
     pins.remove()?;
     let lab = Lab::up(PREFIX, N, BACKENDS)?;
-    let sinks = Sinks::start(&lab)?;
+    add_sinks(&lab)?;
     let config = std::env::temp_dir().join(format!("slb-bench-{}.toml", std::process::id()));
     std::fs::write(&config, agent_config(&lab))
         .with_context(|| format!("writing {}", config.display()))?;
 
-    let xdp = measure_xdp(slb, &config, &lab, &sinks);
+    let xdp = measure_xdp(slb, &config, &lab);
     let _ = std::fs::remove_file(&config);
     let xdp = xdp?;
-    let nft = measure_nft(&lab, &sinks)?;
-    drop(sinks);
+    let nft = measure_nft(&lab)?;
     lab.down().context("tearing the bench lab down")?;
 
     let ratio = |key: &str| {
@@ -274,9 +270,10 @@ fn compare(slb: &Path) -> Result<Value> {
              UDP VIP:{PORT} -> backends:{PORT}"
         ),
         "generator": format!(
-            "{SENDERS} threads in the client namespace, {FLOWS} connected UDP sockets \
-             (distinct source ports), {} B payloads, as fast as they go; {}s warm-up then a {}s window",
-            PAYLOAD.len(), WARMUP.as_secs(), WINDOW.as_secs()
+            "{SENDERS} threads in the client namespace running an XDP program with \
+             BPF_PROG_RUN live frames (XDP_TX out of the client's veth), {} flows (random \
+             source ports), {PAYLOAD} B payloads, as fast as they go; {}s warm-up then a {}s window",
+            livegen::FLOWS, WARMUP.as_secs(), WINDOW.as_secs()
         ),
         "cpu_note": format!(
             "CPU is the whole machine's ({} cores) from /proc/stat over the window: generator, \
@@ -294,9 +291,9 @@ fn compare(slb: &Path) -> Result<Value> {
 }
 
 /// `slb serve` in the LB namespace for the window, then stopped and unloaded.
-fn measure_xdp(slb: &Path, config: &Path, lab: &Lab, sinks: &Sinks) -> Result<Value> {
+fn measure_xdp(slb: &Path, config: &Path, lab: &Lab) -> Result<Value> {
     let mut agent = Agent::start(slb, config, lab.lb_ns(), false)?;
-    let measured = wait_ready(&mut agent).and_then(|()| measure(lab, sinks));
+    let measured = wait_ready(&mut agent).and_then(|()| measure(lab));
     let stopped = agent.stop();
     let unloaded = unload(slb, lab.lb_ns(), Path::new(PIN_PATH));
     let unpinned = OwnedDir(PIN_PATH.into()).remove();
@@ -306,7 +303,7 @@ fn measure_xdp(slb: &Path, config: &Path, lab: &Lab, sinks: &Sinks) -> Result<Va
 }
 
 /// nftables DNAT in the LB namespace (the kernel forwards), for the window.
-fn measure_nft(lab: &Lab, sinks: &Sinks) -> Result<Value> {
+fn measure_nft(lab: &Lab) -> Result<Value> {
     let map: Vec<String> = lab
         .backends()
         .iter()
@@ -319,30 +316,28 @@ fn measure_nft(lab: &Lab, sinks: &Sinks) -> Result<Value> {
         lab.vip_v4(),
         map.join(", ")
     );
-    let file = std::env::temp_dir().join(format!("slb-bench-{}.nft", std::process::id()));
-    std::fs::write(&file, &rules).with_context(|| format!("writing {}", file.display()))?;
-    let loaded = cmd::run(
-        Command::new("nsenter")
-            .arg(format!("--net={}", lab::netns_path(lab.lb_ns()).display()))
-            .arg("nft")
-            .arg("-f")
-            .arg(&file),
-    );
-    let _ = std::fs::remove_file(&file);
-    loaded.context("loading the nftables DNAT load balancer")?;
+    nft(lab.lb_ns(), &rules).context("loading the nftables DNAT load balancer")?;
     // The table goes with the namespace when the lab is torn down.
-    let mut v = measure(lab, sinks)?;
+    let mut v = measure(lab)?;
     v["rules"] = json!(rules);
     Ok(v)
 }
 
 /// The generator for warm-up plus window; counters and CPU over the window only.
-fn measure(lab: &Lab, sinks: &Sinks) -> Result<Value> {
-    let vip = SocketAddr::new(IpAddr::V4(lab.vip_v4()), PORT);
-    let generator = Generator::start(&lab.client().ns, vip)?;
+fn measure(lab: &Lab) -> Result<Value> {
+    let client = lab.client();
+    let frame = Frame {
+        src_mac: livegen::link(&client.ns, &client.iface)?.0,
+        dst_mac: livegen::link(lab.lb_ns(), &client.lb_iface)?.0,
+        src: client.v4,
+        dst: lab.vip_v4(),
+        dst_port: PORT,
+        payload: PAYLOAD,
+    };
+    let generator = Generator::start(&client.ns, &client.iface, &frame, SENDERS)?;
     thread::sleep(WARMUP);
     let (sink0, rx0, cpu0, sent0) = (
-        sinks.total(),
+        sink_total(lab)?,
         backend_rx(lab)?,
         CpuTimes::read()?,
         generator.sent(),
@@ -350,13 +345,13 @@ fn measure(lab: &Lab, sinks: &Sinks) -> Result<Value> {
     let started = Instant::now();
     thread::sleep(WINDOW);
     let (sink1, rx1, cpu1, sent1) = (
-        sinks.total(),
+        sink_total(lab)?,
         backend_rx(lab)?,
         CpuTimes::read()?,
         generator.sent(),
     );
     let secs = started.elapsed().as_secs_f64();
-    generator.stop();
+    generator.stop()?;
     let delivered = sink1.saturating_sub(sink0);
     let busy_s = cpu1.busy.saturating_sub(cpu0.busy) as f64 / cpu0.ticks_per_s;
     let all_s = cpu1.total.saturating_sub(cpu0.total) as f64 / cpu0.ticks_per_s;
@@ -391,8 +386,8 @@ fn agent_config(lab: &Lab) -> String {
     )
 }
 
-/// Packets received by the backends' `eth0`, summed: what the load balancer delivered, whether
-/// or not the sinks kept up with reading it.
+/// Packets received by the backends' `eth0`, summed, whatever they are: a cross-check of the
+/// sinks' count.
 fn backend_rx(lab: &Lab) -> Result<u64> {
     let mut total = 0;
     for b in lab.backends() {
@@ -441,124 +436,60 @@ impl CpuTimes {
     }
 }
 
-/// Counting UDP sinks on every backend's `:PORT`.
-struct Sinks {
-    count: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
+/// A counting drop rule for UDP `:PORT` at every backend's ingress (nftables netdev hook): what
+/// reached a backend is counted and freed before the stack, identically for both load balancers.
+const SINK_TABLE: &str = "slbsink";
 
-impl Sinks {
-    fn start(lab: &Lab) -> Result<Sinks> {
-        let (count, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let mut threads = Vec::new();
-        for b in lab.backends() {
-            let bind = SocketAddr::new(IpAddr::V4(b.v4), PORT);
-            let socket = in_netns(&b.ns, move || UdpSocket::bind(bind))?
-                .with_context(|| format!("binding UDP {bind} in {}", b.ns))?;
-            // The timeout lets the loop notice the stop flag.
-            socket.set_read_timeout(Some(POLL))?;
-            let (count, stop) = (Arc::clone(&count), Arc::clone(&stop));
-            threads.push(thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if socket.recv(&mut buf).is_ok() {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        Ok(Sinks {
-            count,
-            stop,
-            threads,
-        })
+/// The table goes with the backends' namespaces when the lab is torn down.
+fn add_sinks(lab: &Lab) -> Result<()> {
+    for b in lab.backends() {
+        let rules = format!(
+                "table netdev {SINK_TABLE} {{\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority 0; policy accept;\n    \
+                 ip daddr {} udp dport {PORT} counter drop\n  }}\n}}\n",
+                b.iface, b.v4
+            );
+        nft(&b.ns, &rules).with_context(|| format!("adding the counting sink in {}", b.ns))?;
     }
-
-    fn total(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
+    Ok(())
 }
 
-impl Drop for Sinks {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            // A panicked sink has nothing to clean up.
-            let _ = t.join();
-        }
-    }
-}
-
-/// UDP senders in the client namespace, each cycling over its share of connected sockets.
-struct Generator {
-    sent: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Generator {
-    fn start(ns: &str, vip: SocketAddr) -> Result<Generator> {
-        let sockets = in_netns(ns, move || -> std::io::Result<Vec<UdpSocket>> {
-            (0..FLOWS)
-                .map(|_| {
-                    let s = UdpSocket::bind("0.0.0.0:0")?;
-                    s.connect(vip)?;
-                    Ok(s)
-                })
-                .collect()
-        })?
-        .with_context(|| format!("opening {FLOWS} UDP sockets in {ns}"))?;
-        let (sent, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let mut shares: Vec<Vec<UdpSocket>> = (0..SENDERS).map(|_| Vec::new()).collect();
-        for (i, s) in sockets.into_iter().enumerate() {
-            shares[i % SENDERS].push(s);
-        }
-        let threads = shares
+/// Packets counted by all sinks so far.
+fn sink_total(lab: &Lab) -> Result<u64> {
+    let mut total = 0;
+    for b in lab.backends() {
+        let out = cmd::output(
+            Command::new("nsenter")
+                .arg(format!("--net={}", lab::netns_path(&b.ns).display()))
+                .args(["nft", "-j", "list", "table", "netdev", SINK_TABLE]),
+        )?;
+        let v: Value = serde_json::from_str(&out).context("parsing `nft -j list table`")?;
+        total += v["nftables"]
+            .as_array()
             .into_iter()
-            .map(|share| {
-                let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
-                thread::spawn(move || {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for s in &share {
-                            // Refusals (ICMP from an earlier run) and full queues are part of
-                            // the load; the sinks count what arrived.
-                            if s.send(&PAYLOAD).is_ok() {
-                                n += 1;
-                            }
-                        }
-                        sent.fetch_add(std::mem::take(&mut n), Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Ok(Generator {
-            sent,
-            stop,
-            threads,
-        })
+            .flatten()
+            .filter_map(|o| o["rule"]["expr"].as_array())
+            .flatten()
+            .find_map(|e| e["counter"]["packets"].as_u64())
+            .with_context(|| format!("no sink counter in {}", b.ns))?;
     }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
+    Ok(total)
 }
 
-/// Waits until the agent prints `slb ready`.
+/// `nft -f` of `rules` inside `ns`.
+fn nft(ns: &str, rules: &str) -> Result<()> {
+    let file = std::env::temp_dir().join(format!("slb-bench-{}-{ns}.nft", std::process::id()));
+    std::fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
+    let loaded = cmd::run(
+        Command::new("nsenter")
+            .arg(format!("--net={}", lab::netns_path(ns).display()))
+            .arg("nft")
+            .arg("-f")
+            .arg(&file),
+    );
+    let _ = std::fs::remove_file(&file);
+    loaded
+}
+
 pub(crate) fn wait_ready(agent: &mut Agent) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut seen = Vec::new();
@@ -600,6 +531,21 @@ fn markdown(r: &Value) -> String {
             c["net_mean_ns"].as_f64().unwrap_or(f64::NAN),
             c["verdict"].as_str().unwrap_or("?"),
         ));
+    }
+    let f = &r["kernel_floors"];
+    let loop_ns = f["empty_program_ns"].as_f64().unwrap_or(f64::NAN);
+    s.push_str("\n| kernel floor (minimal program) | ns/packet | net of the empty program |\n| --- | ---: | ---: |\n");
+    for (name, key, what) in [
+        ("empty program", "empty_program_ns", ""),
+        ("hit floor", "hit_floor_ns", "hit_floor_what"),
+        ("new-flow floor", "new_flow_floor_ns", "new_flow_floor_what"),
+    ] {
+        let ns = f[key].as_f64().unwrap_or(f64::NAN);
+        let name = match f[what].as_str() {
+            Some(w) => format!("{name}: {w}"),
+            None => name.to_string(),
+        };
+        s.push_str(&format!("| {name} | {ns:.0} | {:.0} |\n", ns - loop_ns));
     }
     s.push_str("\n| Maglev build | table entries | median |\n| ---: | ---: | ---: |\n");
     let builds = r["xdp_test_run"]["maglev_build"]

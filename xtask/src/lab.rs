@@ -176,15 +176,22 @@ impl Lab {
                 ("net/ipv4/conf/default/rp_filter", "0"),
             ],
         )?;
+        // One queue per CPU on every veth end: a veth hands frames that its peer sends with
+        // XDP to the receive queue of the sending CPU, so with one queue all CPUs would feed one
+        // ring drained by one CPU's NAPI, and frames would be dropped while the other CPU idles.
+        let queues = thread::available_parallelism()
+            .map_or(1, usize::from)
+            .to_string();
+        let queues = ["numtxqueues", &queues, "numrxqueues", &queues];
         for e in self.endpoints() {
             let lb = self.lb_ns.as_str();
             let (lb_if, ep_if) = (e.lb_iface.as_str(), e.iface.as_str());
-            ip(
-                lb,
-                &[
-                    "link", "add", lb_if, "type", "veth", "peer", "name", ep_if, "netns", &e.ns,
-                ],
-            )?;
+            let mut add = vec!["link", "add", lb_if];
+            add.extend(queues);
+            add.extend(["type", "veth", "peer", "name", ep_if]);
+            add.extend(queues);
+            add.extend(["netns", &e.ns]);
+            ip(lb, &add)?;
             // `nodad`: otherwise the v6 addresses stay tentative (unusable, not bindable) for a
             // second or two after the link comes up, and tests would race duplicate detection.
             ip(

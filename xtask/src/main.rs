@@ -9,7 +9,10 @@
 mod agent;
 mod bench;
 mod bench_l7;
+mod bpfsys;
 mod demo;
+mod floor;
+mod livegen;
 mod setup;
 
 use std::{
