@@ -287,9 +287,9 @@ impl Bench {
             let path = self.dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
-        // The agent opens a backend connection per request, so its TIME_WAIT sockets would use
-        // up the default 28k ephemeral ports within seconds; the same for every proxy and for
-        // the generators.
+        // The new-connection runs open and close a connection per request, so TIME_WAIT
+        // sockets would use up the default 28k ephemeral ports within seconds; the same for
+        // every proxy and for the generators.
         for ns in [self.lab.lb_ns(), &self.lab.client().ns] {
             lab::set_sysctls(
                 ns,
