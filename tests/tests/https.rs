@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr, TcpStream},
     path::Path,
     process::{Command, Output},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -196,6 +196,13 @@ TLSCipherPolicy = "tls_cipher_policy_1_2_strict_with_1_3"
 CACertificateId = "ca-clients"
 EnableHttp2 = "off"
 StickySession = "off"
+
+[[LoadBalancers.Listeners]]
+ListenerProtocol = "https"
+ListenerPort = 9443
+{common}ServerCertificateId = "cert-app"
+StickySession = "off"
+IdleTimeout = 2
 
 [[LoadBalancers.Listeners]]
 ListenerProtocol = "http"
@@ -482,34 +489,30 @@ ListenerPort = 81
     )?;
     assert_eq!(r, "301 https://app.example/a/b?c=1");
 
-    // B9.18: a WebSocket upgrade through the HTTP listener, then frames both ways.
+    // B9.18: a WebSocket upgrade through the HTTP listener, then frames both ways; the same
+    // through the HTTPS listener over HTTP/1.1 (WebSocket Secure, no ALPN offered).
     let ws = SocketAddr::new(IpAddr::V4(vip), 81);
     in_netns(&ns, move || -> anyhow::Result<()> {
         let mut s = TcpStream::connect_timeout(&ws, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        write!(s, "GET /chat HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
-        let head = read_head(&mut s)?.to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 101"), "{head}");
-        assert!(
-            head.contains(&websocket_accept(key).to_ascii_lowercase()),
-            "{head}"
-        );
-        for msg in ["hello", "again"] {
-            s.write_all(&masked_text_frame(msg))?;
-            let mut hdr = [0u8; 2];
-            s.read_exact(&mut hdr)?;
-            let mut payload = vec![0u8; usize::from(hdr[1])];
-            s.read_exact(&mut payload)?;
-            let text = String::from_utf8(payload).context("text frame")?;
-            assert!(text.ends_with(&format!(":{msg}")), "{text}");
-        }
-        Ok(())
+        websocket_echo(&mut s)
+    })??;
+    let wss = SocketAddr::new(IpAddr::V4(vip), 443);
+    in_netns(&ns, move || {
+        websocket_echo(&mut Http1Tls::connect(wss)?.stream)
     })??;
 
     // B9.18 over HTTP/2: an extended CONNECT (RFC 8441) becomes the backend's HTTP/1.1 upgrade.
-    let wss = SocketAddr::new(IpAddr::V4(vip), 443);
     in_netns(&ns, move || websocket_over_http2(wss))??;
+
+    // B9.7 over HTTP/2: an idle connection gets GOAWAY and is closed after IdleTimeout (2 s,
+    // checked every 0.5 s; ±2 s as over HTTP/1.1).
+    let h2 = SocketAddr::new(IpAddr::V4(vip), 9443);
+    let waited = in_netns(&ns, move || http2_idle_close(h2))??;
+    assert!(
+        waited >= Duration::from_millis(1500) && waited <= Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
 
     // Certificate replacement: a reload points cert-app at a renewed certificate. New
     // handshakes get it; a connection made before goes on with its requests.
@@ -525,16 +528,13 @@ ListenerPort = 81
     // SAFETY: plain signal to the agent (nsenter executed it in place, same pid).
     let pid = i32::try_from(serve.0.id())?;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let cn = in_netns(&ns, move || Http1Tls::connect(tls443).map(|c| c.cn))??;
         if cn == "app-renewed" {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {cn} after the reload"
-        );
+        assert!(Instant::now() < deadline, "still {cn} after the reload");
         std::thread::sleep(Duration::from_millis(100));
     }
     for _ in 0..3 {
@@ -643,10 +643,75 @@ impl Http1Tls {
     }
 }
 
+/// A WebSocket upgrade on an HTTP/1.1 connection, then two frames through the backend's echo.
+fn websocket_echo(s: &mut (impl Read + Write)) -> anyhow::Result<()> {
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    write!(s, "GET /chat HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
+    let head = read_head(s)?.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(&websocket_accept(key).to_ascii_lowercase()),
+        "{head}"
+    );
+    for msg in ["hello", "again"] {
+        s.write_all(&masked_text_frame(msg))?;
+        let mut hdr = [0u8; 2];
+        s.read_exact(&mut hdr)?;
+        let mut payload = vec![0u8; usize::from(hdr[1])];
+        s.read_exact(&mut payload)?;
+        let text = String::from_utf8(payload).context("text frame")?;
+        assert!(text.ends_with(&format!(":{msg}")), "{text}");
+    }
+    Ok(())
+}
+
+/// A TLS connection to `addr` that negotiated HTTP/2 by ALPN.
+async fn h2_tls(
+    addr: SocketAddr,
+) -> anyhow::Result<tokio_openssl::SslStream<tokio::net::TcpStream>> {
+    use ::openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_alpn_protos(b"\x02h2")?;
+    let ssl = b.build().configure()?.into_ssl("app.example")?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
+    std::pin::Pin::new(&mut tls).connect().await?;
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    Ok(tls)
+}
+
+/// One request on an HTTP/2 connection to `addr`, then nothing: how long after the answer the
+/// server closed the connection.
+fn http2_idle_close(addr: SocketAddr) -> anyhow::Result<Duration> {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::{Request, StatusCode};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            TokioIo::new(h2_tls(addr).await?),
+        )
+        .await?;
+        let closed = tokio::spawn(conn);
+        let get = Request::get("https://app.example/").body(Empty::<Bytes>::new())?;
+        assert_eq!(sender.send_request(get).await?.status(), StatusCode::OK);
+        let idle = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .context("the idle HTTP/2 connection stayed open for 10 s")???;
+        anyhow::Ok(idle.elapsed())
+    })
+}
+
 /// A WebSocket opened with an HTTP/2 extended CONNECT on `addr` (TLS, ALPN h2), then frames
 /// both ways through the backend's echo.
 fn websocket_over_http2(addr: SocketAddr) -> anyhow::Result<()> {
-    use ::openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     use bytes::Bytes;
     use http_body_util::Empty;
     use hyper::{ext::Protocol, Method, Request, StatusCode};
@@ -657,14 +722,7 @@ fn websocket_over_http2(addr: SocketAddr) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let mut b = SslConnector::builder(SslMethod::tls_client())?;
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_alpn_protos(b"\x02h2")?;
-        let ssl = b.build().configure()?.into_ssl("app.example")?;
-        let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
-        std::pin::Pin::new(&mut tls).connect().await?;
-        assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+        let tls = h2_tls(addr).await?;
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
         tokio::spawn(conn);
