@@ -190,12 +190,7 @@ impl Drop for Running {
 
 /// Starts `slb serve --config CONFIG` in the network namespace `ns` and waits until it is ready.
 pub fn start_agent_in(ns: &str, config: &Path) -> anyhow::Result<Running> {
-    let (child, _) = start(
-        std::process::Command::new("nsenter")
-            .arg(format!("--net={}", xtask::lab::netns_path(ns).display()))
-            .arg(slb_binary()?),
-        config,
-    )?;
+    let (child, _) = start(&mut xtask::lab::netns_command(ns, slb_binary()?), config)?;
     Ok(Running(child))
 }
 

@@ -5,7 +5,6 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -23,7 +22,7 @@ use tests::{
     api::{slb_binary, LabAgent},
     http_backend::{lock, Behaviour, HttpBackend},
 };
-use xtask::lab::{in_netns, netns_path, spawn_tcp_service, Lab, Service};
+use xtask::lab::{in_netns, netns_command, spawn_tcp_service, Lab, Service};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -635,9 +634,7 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
         metrics.contains(&format!("slb_health_flips_total{{load_balancer_id=\"lb-hc\",listener=\"tcp/80\",server_id=\"{b2}\"")),
         "{metrics}"
     );
-    let cli = Command::new("nsenter")
-        .arg(format!("--net={}", netns_path(lab.lb_ns()).display()))
-        .arg(slb_binary()?)
+    let cli = netns_command(lab.lb_ns(), slb_binary()?)
         .args([
             "health",
             "--endpoint",

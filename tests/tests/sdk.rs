@@ -9,14 +9,13 @@ use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 use tests::api::LabAgent;
-use xtask::lab::{in_netns, netns_path, spawn_tcp_service, spawn_udp_service, Lab};
+use xtask::lab::{in_netns, netns_command, spawn_tcp_service, spawn_udp_service, Lab};
 
 const LAB: u8 = 67;
 const API_PORT: u16 = 18_667;
@@ -39,17 +38,14 @@ fn run_sdk(lab: &Lab, script: &str, backends: &str, delete: Option<&str>) -> any
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("sdk")
         .join(script);
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns_path(lab.lb_ns()).display()))
-        .arg(py)
-        .arg(&script)
-        .args([
-            &format!("127.0.0.1:{API_PORT}"),
-            "sdkid",
-            "sdksecret",
-            REGION,
-            backends,
-        ]);
+    let mut cmd = netns_command(lab.lb_ns(), py);
+    cmd.arg(&script).args([
+        &format!("127.0.0.1:{API_PORT}"),
+        "sdkid",
+        "sdksecret",
+        REGION,
+        backends,
+    ]);
     if let Some(id) = delete {
         cmd.env("DELETE", id);
     }

@@ -3,7 +3,7 @@ use std::{
     io::{BufRead as _, BufReader, Read},
     os::unix::process::CommandExt as _,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::mpsc::{self, Receiver, Sender},
     thread,
     time::{Duration, Instant},
@@ -29,13 +29,9 @@ impl Agent {
     /// Starts `slb serve --config <config>` in namespace `ns`. With `own_process_group`,
     /// Ctrl-C in the terminal reaches only xtask, which then stops the agent in order.
     pub fn start(slb: &Path, config: &Path, ns: &str, own_process_group: bool) -> Result<Agent> {
-        let mut serve = Command::new("nsenter");
-        // nsenter enters only the network namespace: the agent stays in the root mount
-        // namespace, so its pins under /sys/fs/bpf are the ones the host sees (`ip netns exec`
-        // would give it a private /sys).
+        // Only the network namespace: the agent's pins under /sys/fs/bpf are the host's.
+        let mut serve = lab::netns_command(ns, slb);
         serve
-            .arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg(slb)
             .args(["serve", "--config"])
             .arg(config)
             .stdin(Stdio::null())
@@ -87,9 +83,7 @@ pub fn unload(slb: &Path, ns: &str, pins: &Path) -> Result<()> {
         return Ok(());
     }
     cmd::run(
-        Command::new("nsenter")
-            .arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg(slb)
+        lab::netns_command(ns, slb)
             .arg("unload")
             .arg("--pin-path")
             .arg(pins),

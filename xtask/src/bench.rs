@@ -444,10 +444,10 @@ const SINK_TABLE: &str = "slbsink";
 fn add_sinks(lab: &Lab) -> Result<()> {
     for b in lab.backends() {
         let rules = format!(
-                "table netdev {SINK_TABLE} {{\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority 0; policy accept;\n    \
-                 ip daddr {} udp dport {PORT} counter drop\n  }}\n}}\n",
-                b.iface, b.v4
-            );
+            "table netdev {SINK_TABLE} {{\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority 0; policy accept;\n    \
+             ip daddr {} udp dport {PORT} counter drop\n  }}\n}}\n",
+            b.iface, b.v4
+        );
         nft(&b.ns, &rules).with_context(|| format!("adding the counting sink in {}", b.ns))?;
     }
     Ok(())
@@ -458,9 +458,7 @@ fn sink_total(lab: &Lab) -> Result<u64> {
     let mut total = 0;
     for b in lab.backends() {
         let out = cmd::output(
-            Command::new("nsenter")
-                .arg(format!("--net={}", lab::netns_path(&b.ns).display()))
-                .args(["nft", "-j", "list", "table", "netdev", SINK_TABLE]),
+            lab::netns_command(&b.ns, "nft").args(["-j", "list", "table", "netdev", SINK_TABLE]),
         )?;
         let v: Value = serde_json::from_str(&out).context("parsing `nft -j list table`")?;
         total += v["nftables"]
@@ -479,17 +477,12 @@ fn sink_total(lab: &Lab) -> Result<u64> {
 fn nft(ns: &str, rules: &str) -> Result<()> {
     let file = std::env::temp_dir().join(format!("slb-bench-{}-{ns}.nft", std::process::id()));
     std::fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
-    let loaded = cmd::run(
-        Command::new("nsenter")
-            .arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg("nft")
-            .arg("-f")
-            .arg(&file),
-    );
+    let loaded = cmd::run(lab::netns_command(ns, "nft").arg("-f").arg(&file));
     let _ = std::fs::remove_file(&file);
     loaded
 }
 
+/// Waits until the agent prints `slb ready`.
 pub(crate) fn wait_ready(agent: &mut Agent) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut seen = Vec::new();

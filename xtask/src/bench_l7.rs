@@ -253,13 +253,7 @@ impl Bench {
 
     /// `program` in the client namespace.
     fn in_client(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!(
-            "--net={}",
-            lab::netns_path(&self.lab.client().ns).display()
-        ))
-        .arg(program);
-        c
+        lab::netns_command(&self.lab.client().ns, program)
     }
 
     /// The certificate, every configuration, the client scripts; sysctls of the lab.
@@ -1136,10 +1130,8 @@ struct Daemon {
 impl Daemon {
     fn start(ns: &str, program: &str, args: &[String], log: PathBuf) -> Result<Daemon> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", lab::netns_path(ns).display()))
-            .arg(program)
-            .args(args)
+        let mut c = lab::netns_command(ns, program);
+        c.args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -20,12 +20,12 @@ pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-pub const FUNC_MAP_LOOKUP_ELEM: i32 = 1;
-pub const FUNC_MAP_UPDATE_ELEM: i32 = 2;
+const FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const FUNC_MAP_UPDATE_ELEM: i32 = 2;
 pub const FUNC_GET_PRANDOM_U32: i32 = 7;
 pub const FUNC_KTIME_GET_COARSE_NS: i32 = 160;
 
-pub const XDP_DROP: i32 = 1;
+const XDP_DROP: i32 = 1;
 pub const XDP_TX: i32 = 3;
 
 /// Opcodes, as `linux/bpf.h` composes them.
@@ -49,7 +49,7 @@ pub mod op {
     pub const EXIT: u8 = 0x95;
 }
 
-pub type Insn = [u8; 8];
+type Insn = [u8; 8];
 
 /// One instruction, as `struct bpf_insn` lays it out.
 pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
@@ -62,11 +62,92 @@ pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 }
 
 /// `dst = map` (the two-slot `ld_imm64` with a map fd).
-pub fn ld_map(dst: u8, map: &OwnedFd) -> [Insn; 2] {
+fn ld_map(dst: u8, map: &OwnedFd) -> [Insn; 2] {
     [
         insn(0x18, dst, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
         [0; 8],
     ]
+}
+
+/// A program under construction. It ends in `XDP_TX`; the jumps added with
+/// [`Asm::fail_on`] go to an exit with `XDP_DROP`.
+pub struct Asm {
+    code: Vec<Insn>,
+    to_fail: Vec<usize>,
+}
+
+impl Asm {
+    pub fn new() -> Asm {
+        Asm {
+            code: Vec::new(),
+            to_fail: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, i: Insn) -> &mut Asm {
+        self.code.push(i);
+        self
+    }
+
+    pub fn call(&mut self, helper: i32) -> &mut Asm {
+        self.push(insn(op::CALL, 0, 0, 0, helper))
+    }
+
+    /// `dst = fp + off`.
+    pub fn stack_ptr(&mut self, dst: u8, off: i16) -> &mut Asm {
+        self.push(insn(op::MOV64_X, dst, 10, 0, 0)).push(insn(
+            op::ADD64_K,
+            dst,
+            0,
+            0,
+            i32::from(off),
+        ))
+    }
+
+    /// Zeroes `bytes` (a multiple of 8) of the stack from `fp + at`.
+    pub fn zero(&mut self, at: i16, bytes: i16) -> &mut Asm {
+        for i in 0..bytes / 8 {
+            self.push(insn(op::ST_DW, 10, 0, at + i * 8, 0));
+        }
+        self
+    }
+
+    /// `r0 = bpf_map_lookup_elem(map, fp + key_at)`.
+    pub fn lookup(&mut self, map: &OwnedFd, key_at: i16) -> &mut Asm {
+        self.code.extend(ld_map(1, map));
+        self.stack_ptr(2, key_at).call(FUNC_MAP_LOOKUP_ELEM)
+    }
+
+    /// `r0 = bpf_map_update_elem(map, fp + key_at, fp + value_at, BPF_ANY)`.
+    pub fn update(&mut self, map: &OwnedFd, key_at: i16, value_at: i16) -> &mut Asm {
+        self.code.extend(ld_map(1, map));
+        self.stack_ptr(2, key_at)
+            .stack_ptr(3, value_at)
+            .push(insn(op::MOV64_K, 4, 0, 0, 0))
+            .call(FUNC_MAP_UPDATE_ELEM)
+    }
+
+    /// A conditional jump (`code`, comparing `dst` with `src` or with immediate 0) to the
+    /// failure exit; `finish` sets its offset.
+    pub fn fail_on(&mut self, code: u8, dst: u8, src: u8) -> &mut Asm {
+        self.to_fail.push(self.code.len());
+        self.push(insn(code, dst, src, 0, 0))
+    }
+
+    pub fn finish(&mut self) -> Result<OwnedFd> {
+        self.push(insn(op::MOV64_K, 0, 0, 0, XDP_TX))
+            .push(insn(op::EXIT, 0, 0, 0, 0));
+        // The verifier refuses unreachable code, so no jumps, no failure exit.
+        if !self.to_fail.is_empty() {
+            let fail = self.code.len();
+            self.push(insn(op::MOV64_K, 0, 0, 0, XDP_DROP))
+                .push(insn(op::EXIT, 0, 0, 0, 0));
+            for &at in &self.to_fail {
+                self.code[at][2..4].copy_from_slice(&((fail - at - 1) as i16).to_le_bytes());
+            }
+        }
+        load_xdp(&self.code)
+    }
 }
 
 /// A `union bpf_attr`, filled field by field at the offsets the kernel header gives.
@@ -128,7 +209,7 @@ pub fn update(map: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
 }
 
 /// Loads an XDP program; a verifier refusal carries the verifier's log.
-pub fn load_xdp(insns: &[Insn]) -> Result<OwnedFd> {
+fn load_xdp(insns: &[Insn]) -> Result<OwnedFd> {
     let code = insns.concat();
     let license = c"GPL";
     let mut log = vec![0u8; 64 * 1024];

@@ -8,9 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::bpfsys::{
-    create_map, insn, ld_map, load_xdp, op, test_run, update, Insn, BPF_MAP_TYPE_ARRAY,
-    BPF_MAP_TYPE_LRU_HASH, FUNC_KTIME_GET_COARSE_NS, FUNC_MAP_LOOKUP_ELEM, FUNC_MAP_UPDATE_ELEM,
-    XDP_DROP, XDP_TX,
+    create_map, insn, op, test_run, update, Asm, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_LRU_HASH,
+    FUNC_KTIME_GET_COARSE_NS, XDP_TX,
 };
 
 /// `FlowKey`, `FlowEntry` and `RevFlowEntry` in slb-common, and slb's default flow table.
@@ -26,90 +25,6 @@ const NEW_REPEAT: u32 = 20_000;
 const KEY_AT: i16 = -40;
 const INDEX_AT: i16 = -44;
 const VALUE_AT: i16 = -80;
-
-/// A program under construction, with forward jumps to its failure exit.
-struct Asm {
-    code: Vec<Insn>,
-    to_fail: Vec<usize>,
-}
-
-impl Asm {
-    fn new() -> Asm {
-        Asm {
-            code: Vec::new(),
-            to_fail: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, i: Insn) -> &mut Asm {
-        self.code.push(i);
-        self
-    }
-
-    fn call(&mut self, helper: i32) -> &mut Asm {
-        self.push(insn(op::CALL, 0, 0, 0, helper))
-    }
-
-    /// `dst = fp + off`.
-    fn stack_ptr(&mut self, dst: u8, off: i16) -> &mut Asm {
-        self.push(insn(op::MOV64_X, dst, 10, 0, 0)).push(insn(
-            op::ADD64_K,
-            dst,
-            0,
-            0,
-            i32::from(off),
-        ))
-    }
-
-    fn zero(&mut self, at: i16, bytes: i16) -> &mut Asm {
-        for i in 0..bytes / 8 {
-            self.push(insn(op::ST_DW, 10, 0, at + i * 8, 0));
-        }
-        self
-    }
-
-    fn map(&mut self, dst: u8, map: &OwnedFd) -> &mut Asm {
-        self.code.extend(ld_map(dst, map));
-        self
-    }
-
-    /// Jumps to the failure exit when `r0 == 0` (`null`) or `r0 != 0`; `finish` sets the offset.
-    fn fail_if(&mut self, null: bool) -> &mut Asm {
-        self.to_fail.push(self.code.len());
-        self.push(insn(if null { op::JEQ_K } else { op::JNE_K }, 0, 0, 0, 0))
-    }
-
-    fn lookup(&mut self, map: &OwnedFd) -> &mut Asm {
-        self.map(1, map)
-            .stack_ptr(2, KEY_AT)
-            .call(FUNC_MAP_LOOKUP_ELEM)
-    }
-
-    fn insert(&mut self, map: &OwnedFd) -> &mut Asm {
-        self.map(1, map)
-            .stack_ptr(2, KEY_AT)
-            .stack_ptr(3, VALUE_AT)
-            .push(insn(op::MOV64_K, 4, 0, 0, 0))
-            .call(FUNC_MAP_UPDATE_ELEM)
-            .fail_if(false)
-    }
-
-    /// Success returns `XDP_TX`, failure `XDP_DROP`.
-    fn finish(&mut self) -> Result<OwnedFd> {
-        self.push(insn(op::MOV64_K, 0, 0, 0, XDP_TX))
-            .push(insn(op::EXIT, 0, 0, 0, 0));
-        // The verifier refuses unreachable code, so no jumps, no failure exit.
-        if !self.to_fail.is_empty() {
-            let fail = self.code.len();
-            self.push(insn(op::MOV64_K, 0, 0, 0, XDP_DROP))
-                .push(insn(op::EXIT, 0, 0, 0, 0));
-            for &at in &self.to_fail {
-                self.code[at][2..4].copy_from_slice(&((fail - at - 1) as i16).to_le_bytes());
-            }
-        }
-        load_xdp(&self.code)
-    }
-}
 
 fn lru(value: u32) -> Result<OwnedFd> {
     create_map(BPF_MAP_TYPE_LRU_HASH, KEY, value, ENTRIES).context("creating an LRU hash map")
@@ -141,8 +56,8 @@ pub fn measure() -> Result<Value> {
     let hit = Asm::new()
         .call(FUNC_KTIME_GET_COARSE_NS)
         .zero(KEY_AT, KEY as i16)
-        .lookup(&flows)
-        .fail_if(true)
+        .lookup(&flows, KEY_AT)
+        .fail_on(op::JEQ_K, 0, 0) // not found
         .finish()?;
 
     // Every new flow reads the clock, misses its flow, and inserts it and its reverse entry.
@@ -152,20 +67,20 @@ pub fn measure() -> Result<Value> {
     let mut new = Asm::new();
     new.call(FUNC_KTIME_GET_COARSE_NS)
         .push(insn(op::ST_W, 10, 0, INDEX_AT, 0))
-        .map(1, &counter)
-        .stack_ptr(2, INDEX_AT)
-        .call(FUNC_MAP_LOOKUP_ELEM)
-        .fail_if(true)
+        .lookup(&counter, INDEX_AT)
+        .fail_on(op::JEQ_K, 0, 0)
         .push(insn(op::LDX_DW, 6, 0, 0, 0))
         .push(insn(op::ADD64_K, 6, 0, 0, 1))
         .push(insn(op::STX_DW, 0, 6, 0, 0))
         .zero(KEY_AT, KEY as i16)
         .push(insn(op::STX_DW, 10, 6, KEY_AT, 0))
         .zero(VALUE_AT, FLOW_VALUE as i16)
-        .lookup(&flows)
-        .fail_if(false)
-        .insert(&flows)
-        .insert(&rev);
+        .lookup(&flows, KEY_AT)
+        .fail_on(op::JNE_K, 0, 0) // found: not a new key
+        .update(&flows, KEY_AT, VALUE_AT)
+        .fail_on(op::JNE_K, 0, 0)
+        .update(&rev, KEY_AT, VALUE_AT)
+        .fail_on(op::JNE_K, 0, 0);
     let new = new.finish()?;
 
     let loop_ns = time(&empty, HIT_REPEAT)?;

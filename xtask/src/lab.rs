@@ -17,6 +17,7 @@
 //! Several labs can exist at once (tests run in parallel): give each its own prefix and `<n>`.
 //! Interface names are fixed (`cl0`, `be<i>`, `eth0`) because each lives in its lab's namespaces.
 use std::{
+    ffi::OsStr,
     fs::File,
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -296,6 +297,15 @@ pub fn netns_path(ns: &str) -> PathBuf {
     Path::new("/run/netns").join(ns)
 }
 
+/// `program` in the network namespace `ns` only, by nsenter: unlike `ip netns exec`, it keeps
+/// the host's mount namespace, so /sys (and the BPF pins under /sys/fs/bpf) are the host's.
+pub fn netns_command(ns: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns_path(ns).display()))
+        .arg(program);
+    c
+}
+
 /// `ip -n <ns> <args>`.
 fn ip(ns: &str, args: &[&str]) -> Result<()> {
     cmd::run(Command::new("ip").args(["-n", ns]).args(args))
@@ -307,14 +317,8 @@ fn ip(ns: &str, args: &[&str]) -> Result<()> {
 /// * tx checksum offload off, so that packets leave with complete checksums which XDP can
 ///   update incrementally (with it on, veth passes partial checksums along).
 fn tune_veth(ns: &str, iface: &str) -> Result<()> {
-    // nsenter rather than `ip netns exec`: only the network namespace is needed, and it does not
-    // remount /sys.
-    cmd::run(
-        Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(ns).display()))
-            .args(["ethtool", "-K", iface, "gro", "on", "tx", "off"]),
-    )
-    .context("tuning veth offloads (is ethtool installed? `cargo xtask setup` installs it)")
+    cmd::run(netns_command(ns, "ethtool").args(["-K", iface, "gro", "on", "tx", "off"]))
+        .context("tuning veth offloads (is ethtool installed? `cargo xtask setup` installs it)")
 }
 
 /// Writes sysctls (`net/ipv4/ip_forward` style keys) inside `ns`: /proc/sys/net shows the
@@ -337,10 +341,20 @@ pub fn set_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
 /// returns its result. Sockets created by `f` belong to that namespace for their whole life, so
 /// they can be handed back and used from any thread.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    spawn_in_netns(ns, f)?
+        .join()
+        .map_err(|_| anyhow!("the thread running in network namespace {ns} panicked"))?
+}
+
+/// Starts `f` on a fresh thread that enters the network namespace `/run/netns/<ns>` first.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<Result<T>>> {
     let path = netns_path(ns);
     let netns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let ns_name = ns.to_string();
-    let thread = thread::Builder::new()
+    thread::Builder::new()
         .name(format!("netns {ns}"))
         .spawn(move || -> Result<T> {
             // setns(CLONE_NEWNET) only changes this thread; the thread ends with `f`, so no other
@@ -349,10 +363,7 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
                 .with_context(|| format!("entering network namespace {ns_name}"))?;
             Ok(f())
         })
-        .context("spawning a thread")?;
-    thread
-        .join()
-        .map_err(|_| anyhow!("the thread running in network namespace {ns} panicked"))?
+        .context("spawning a thread")
 }
 
 /// A toy TCP or UDP service running on background threads. It answers every TCP connection or

@@ -8,7 +8,6 @@
 //! being re-initialised: a frame that the load balancer translated in place would otherwise come
 //! back out of the generator already addressed to a backend.
 use std::{
-    fs::File,
     io,
     net::Ipv4Addr,
     os::fd::OwnedFd,
@@ -17,18 +16,14 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    thread::{self, JoinHandle},
+    thread::JoinHandle,
 };
 
 use anyhow::{anyhow, Context as _, Result};
-use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 use xtask::{cmd, lab};
 
-use crate::bpfsys::{
-    insn, load_xdp, op, test_run, Insn, BPF_F_TEST_XDP_LIVE_FRAMES, FUNC_GET_PRANDOM_U32, XDP_DROP,
-    XDP_TX,
-};
+use crate::bpfsys::{insn, op, test_run, Asm, BPF_F_TEST_XDP_LIVE_FRAMES, FUNC_GET_PRANDOM_U32};
 
 /// Ethernet + IPv4 + UDP.
 const HEADERS: usize = 42;
@@ -83,44 +78,27 @@ impl Frame {
 }
 
 /// The generator program for `header` (the first [`HEADERS`] bytes of the frame).
-fn program(header: &[u8]) -> Vec<Insn> {
-    let mut p = vec![
-        insn(op::MOV64_X, 6, 1, 0, 0),                 // r6 = ctx
-        insn(op::CALL, 0, 0, 0, FUNC_GET_PRANDOM_U32), // r0 = random
-        insn(op::MOV64_X, 7, 0, 0, 0),                 // r7 = r0
-        insn(op::LDX_W, 2, 6, 0, 0),                   // r2 = ctx->data
-        insn(op::LDX_W, 3, 6, 4, 0),                   // r3 = ctx->data_end
-        insn(op::MOV64_X, 4, 2, 0, 0),                 // r4 = r2
-        insn(op::ADD64_K, 4, 0, 0, HEADERS as i32),    // r4 += HEADERS
-    ];
-    let bounds_check = p.len();
-    p.push([0; 8]); // if r4 > r3 goto drop, patched below
+fn program(header: &[u8]) -> Result<OwnedFd> {
+    let mut p = Asm::new();
+    p.push(insn(op::MOV64_X, 6, 1, 0, 0)) // r6 = ctx
+        .call(FUNC_GET_PRANDOM_U32)
+        .push(insn(op::MOV64_X, 7, 0, 0, 0)) // r7 = random
+        .push(insn(op::LDX_W, 2, 6, 0, 0)) // r2 = ctx->data
+        .push(insn(op::LDX_W, 3, 6, 4, 0)) // r3 = ctx->data_end
+        .push(insn(op::MOV64_X, 4, 2, 0, 0))
+        .push(insn(op::ADD64_K, 4, 0, 0, HEADERS as i32))
+        .fail_on(op::JGT_X, 4, 3); // shorter than the header
     for (i, word) in header[..40].chunks(4).enumerate() {
         let imm = i32::from_le_bytes([word[0], word[1], word[2], word[3]]);
         p.push(insn(op::ST_W, 2, 0, (i * 4) as i16, imm));
     }
-    p.push(insn(
-        op::ST_H,
-        2,
-        0,
-        40,
-        i32::from(u16::from_le_bytes([header[40], header[41]])),
-    ));
-    p.extend([
-        insn(op::AND64_K, 7, 0, 0, FLOWS - 1),
-        insn(op::ADD64_K, 7, 0, 0, FIRST_PORT),
-        insn(op::TO_BE, 7, 0, 0, 16),
-        insn(op::STX_H, 2, 7, 34, 0), // UDP source port
-        insn(op::MOV64_K, 0, 0, 0, XDP_TX),
-        insn(op::EXIT, 0, 0, 0, 0),
-    ]);
-    let drop = p.len();
-    p.extend([
-        insn(op::MOV64_K, 0, 0, 0, XDP_DROP),
-        insn(op::EXIT, 0, 0, 0, 0),
-    ]);
-    p[bounds_check] = insn(op::JGT_X, 4, 3, (drop - bounds_check - 1) as i16, 0);
-    p
+    let last = i32::from(u16::from_le_bytes([header[40], header[41]]));
+    p.push(insn(op::ST_H, 2, 0, 40, last))
+        .push(insn(op::AND64_K, 7, 0, 0, FLOWS - 1))
+        .push(insn(op::ADD64_K, 7, 0, 0, FIRST_PORT))
+        .push(insn(op::TO_BE, 7, 0, 0, 16))
+        .push(insn(op::STX_H, 2, 7, 34, 0)) // UDP source port
+        .finish()
 }
 
 /// Sends `REPEAT` frames out of `ifindex` (in the calling thread's namespace).
@@ -162,13 +140,13 @@ pub fn link(ns: &str, iface: &str) -> Result<([u8; 6], u32)> {
 pub struct Generator {
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Result<()>>>,
+    threads: Vec<JoinHandle<Result<Result<()>>>>,
 }
 
 impl Generator {
     pub fn start(ns: &str, iface: &str, frame: &Frame, threads: usize) -> Result<Generator> {
         let bytes = Arc::new(frame.bytes());
-        let program = Arc::new(load_xdp(&program(&bytes[..HEADERS]))?);
+        let program = Arc::new(program(&bytes[..HEADERS])?);
         let (_, ifindex) = link(ns, iface)?;
         let (sent, stop) = (
             Arc::new(AtomicU64::new(0)),
@@ -176,23 +154,20 @@ impl Generator {
         );
         let mut handles = Vec::new();
         for _ in 0..threads {
-            let netns = File::open(lab::netns_path(ns))
-                .with_context(|| format!("opening namespace {ns}"))?;
             let (bytes, program, sent, stop) = (
                 Arc::clone(&bytes),
                 Arc::clone(&program),
                 Arc::clone(&sent),
                 Arc::clone(&stop),
             );
-            handles.push(thread::spawn(move || -> Result<()> {
-                // Live frames leave through `ifindex` as the calling thread's namespace sees it.
-                setns(&netns, CloneFlags::CLONE_NEWNET).context("entering the client namespace")?;
+            // Live frames leave through `ifindex` as the calling thread's namespace sees it.
+            handles.push(lab::spawn_in_netns(ns, move || -> Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     send(&program, &bytes, ifindex).context("BPF_PROG_RUN with live frames")?;
                     sent.fetch_add(u64::from(REPEAT), Ordering::Relaxed);
                 }
                 Ok(())
-            }));
+            })?);
         }
         Ok(Generator {
             sent,
@@ -209,7 +184,7 @@ impl Generator {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join()
-                .map_err(|_| anyhow!("a generator thread panicked"))??;
+                .map_err(|_| anyhow!("a generator thread panicked"))???;
         }
         Ok(())
     }
