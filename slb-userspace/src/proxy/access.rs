@@ -17,14 +17,14 @@ use hyper::{
 };
 use serde_json::json;
 
-use super::forward::Body;
+use super::forward::{Body, BodyError};
 
 /// What is known about a request when its response head is ready.
 pub struct Record {
     pub listener: Arc<str>,
     pub client: SocketAddr,
-    pub method: String,
-    pub host: String,
+    pub method: hyper::Method,
+    pub host: Option<String>,
     pub path: String,
     pub version: &'static str,
     /// `None` when the LB answered itself (503, redirect, no connection).
@@ -152,8 +152,8 @@ impl Logged {
             "time": time,
             "listener": &*r.listener,
             "client": r.client.to_string(),
-            "method": r.method,
-            "host": r.host,
+            "method": r.method.as_str(),
+            "host": r.host.as_deref().unwrap_or(""),
             "path": r.path,
             "version": r.version,
             "status": r.status.as_u16(),
@@ -169,12 +169,12 @@ impl Logged {
 
 impl hyper::body::Body for Logged {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

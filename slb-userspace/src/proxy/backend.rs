@@ -1,16 +1,32 @@
-//! Connections to backends. A backend connection that finished its exchange and can take another
-//! request waits in a small idle pool for the next request to that backend, from any client, so
-//! most requests skip the TCP handshake, as nginx's `keepalive` and HAProxy's connection reuse do.
+//! Connections to backends, HTTP/1.x written and read on the request's own task (B9.12). A
+//! backend connection that finished its exchange waits in a small idle pool for the next request
+//! to that backend, from any client, so most requests skip the TCP handshake, as nginx's
+//! `keepalive` and HAProxy's connection reuse do.
 use std::{
     collections::HashMap,
+    io::{self, ErrorKind},
+    mem::MaybeUninit,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
+    task::{ready, Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
-use hyper::{body::Incoming, client::conn::http1, Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use bytes::{Buf as _, Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use hyper::{
+    body::{Body, Frame, SizeHint},
+    header::{self, HeaderName, HeaderValue},
+    http::request,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::forward::BodyError;
 
 /// The TCP handshake to a backend gives up after this and tries the next backend (B9.10).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,13 +35,17 @@ const MAX_IDLE: usize = 64;
 /// Below the shortest keep-alive timeout common backends use (Apache's 5 s; nginx's is 75 s), so
 /// the pool rarely hands out a connection the backend is just closing.
 const IDLE_LIFETIME: Duration = Duration::from_secs(4);
-
-type Sender = http1::SendRequest<Incoming>;
+/// A response head larger than this, or with more fields, is refused (502), as nginx's
+/// `proxy_buffer_size` does.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_FIELDS: usize = 128;
+/// Read size from a backend.
+const READ_SIZE: usize = 16 * 1024;
 
 /// A backend connection ready for one request.
 pub enum Conn {
     /// Reused from the idle pool; the backend may have closed it just now.
-    Pooled(Sender),
+    Pooled(TcpStream),
     Fresh(TcpStream),
 }
 
@@ -39,7 +59,7 @@ pub enum Failure {
 
 #[derive(Default)]
 pub struct Backends {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Sender, Instant)>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
 }
 
 impl Backends {
@@ -47,104 +67,700 @@ impl Backends {
     pub fn take(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
-        while let Some((sender, since)) = list.pop() {
-            if since.elapsed() < IDLE_LIFETIME && sender.is_ready() {
-                return Some(Conn::Pooled(sender));
+        while let Some((stream, since)) = list.pop() {
+            if since.elapsed() < IDLE_LIFETIME && quiet(&stream) {
+                return Some(Conn::Pooled(stream));
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, sender: Sender) {
+    fn put(&self, addr: SocketAddr, stream: TcpStream) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(addr).or_default();
         if list.len() >= MAX_IDLE {
-            list.retain(|(s, since)| now - *since < IDLE_LIFETIME && !s.is_closed());
+            list.retain(|(s, since)| now - *since < IDLE_LIFETIME && quiet(s));
         }
         if list.len() < MAX_IDLE {
-            list.push((sender, now));
+            list.push((stream, now));
         }
     }
 
-    /// Sends `req` and waits for the response head for at most `timeout`. `upgrade`: the
-    /// connection is handed over to the protocol the request upgrades to (WebSocket), so it is
-    /// neither taken from nor returned to the pool.
-    pub async fn exchange(
+    /// Sends `req` and reads the response head within `timeout`. The response body returns the
+    /// connection to the pool once read to its end; a `101` answer's body becomes the tunnel
+    /// to the backend ([`Upstream::into_tunnel`]).
+    pub async fn exchange<B>(
         self: Arc<Self>,
         addr: SocketAddr,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<B>,
         timeout: Duration,
-        upgrade: bool,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<Upstream>, Failure>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
         let work = async {
-            let (mut sender, pooled) = match conn {
+            let (parts, body) = req.into_parts();
+            let chunked = body.size_hint().exact().is_none();
+            let head = encode_head(&parts, &body, chunked);
+            let head_request = parts.method == Method::HEAD;
+            let (mut stream, mut pooled) = match conn {
                 Conn::Pooled(s) => (s, true),
-                Conn::Fresh(stream) => (handshake(addr, stream, upgrade).await?, false),
+                Conn::Fresh(s) => (s, false),
             };
-            let resp = match sender.try_send_request(req).await {
-                Ok(resp) => resp,
-                Err(mut e) => match (pooled, e.take_message()) {
-                    // The pooled connection closed before the request went out: a new one.
-                    (true, Some(req)) => {
-                        let stream = connect(addr).await.map_err(|_| Failure::Exchange)?;
-                        sender = handshake(addr, stream, false).await?;
-                        sender.send_request(req).await.map_err(|e| {
-                            log::debug!("backend {addr}: {e}");
-                            Failure::Exchange
-                        })?
+            let mut body = (!body.is_end_stream()).then_some(body);
+            let has_body = body.is_some();
+            let mut buf = BytesMut::new();
+            loop {
+                let sent = send(
+                    &mut stream,
+                    &head,
+                    body.take(),
+                    chunked,
+                    head_request,
+                    &mut buf,
+                );
+                match sent.await {
+                    Ok(resp) => break Ok((stream, buf, resp, parts.version)),
+                    // A pooled connection the backend closed before answering anything: the
+                    // request goes again on a new one, unless its body is spent already.
+                    Err(e) if pooled && buf.is_empty() && !has_body && closed(&e) => {
+                        stream = Box::pin(connect(addr))
+                            .await
+                            .map_err(|_| Failure::Exchange)?;
+                        pooled = false;
                     }
-                    _ => {
-                        log::debug!("backend {addr}: {}", e.error());
-                        return Err(Failure::Exchange);
+                    Err(e) => {
+                        log::debug!("backend {addr}: {e}");
+                        break Err(Failure::Exchange);
                     }
-                },
-            };
-            if upgrade {
-                return Ok(resp);
+                }
             }
-            if sender.is_ready() {
-                // A small body was read along with the head: the connection is free already.
-                self.put(addr, sender);
-            } else {
-                // Ready again once the response body has been read to its end.
-                tokio::spawn(async move {
-                    if sender.ready().await.is_ok() {
-                        self.put(addr, sender);
-                    }
-                });
-            }
-            Ok(resp)
         };
-        tokio::time::timeout(timeout, work)
+        let (stream, buf, (resp, framing), version) = tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or(Err(Failure::Timeout))
+            .unwrap_or(Err(Failure::Timeout))?;
+        // An HTTP/1.0 request asked the backend to close after its answer.
+        let reusable = version == Version::HTTP_11 && keeps_open(&resp, &framing);
+        let body = Upstream {
+            stream: Some(stream),
+            buf,
+            framing,
+            reusable,
+            pool: self,
+            addr,
+        };
+        Ok(resp.map(|()| body))
     }
 }
 
+/// Whether an idle connection has nothing to read: a backend that closed it (or sent bytes
+/// nobody asked for) made it readable. The runtime records readiness as epoll reports it, so
+/// this costs no system call.
+fn quiet(stream: &TcpStream) -> bool {
+    stream
+        .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+}
+
+/// The peer closed or reset the connection.
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionAborted
+    )
+}
+
 /// Connects within [`CONNECT_TIMEOUT`].
-pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
 
-async fn handshake(addr: SocketAddr, stream: TcpStream, upgrade: bool) -> Result<Sender, Failure> {
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Failure::Exchange)?;
-    tokio::spawn(async move {
-        let r = if upgrade {
-            conn.with_upgrades().await
-        } else {
-            conn.await
-        };
-        if let Err(e) = r {
-            log::debug!("backend connection {addr}: {e}");
-        }
+/// The request line and header fields; `chunked`: the body's length is not known up front.
+fn encode_head(parts: &request::Parts, body: &impl Body, chunked: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(match parts.version {
+        Version::HTTP_10 => b" HTTP/1.0\r\n",
+        _ => b" HTTP/1.1\r\n",
     });
-    Ok(sender)
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        let len = body.size_hint().exact().unwrap_or(0);
+        if len > 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+enum Framing {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes.
+    Close,
+}
+
+/// Where a chunked body's reader is.
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// This many bytes of chunk data left, then its CRLF.
+    Data(u64),
+    /// After the last chunk: trailer lines until the empty one.
+    Trailers,
+    Done,
+}
+
+/// Writes the request and reads up to the end of the final response head (interim `1xx`
+/// answers other than `101` are skipped). `buf` keeps what was read past the head.
+async fn send<B>(
+    stream: &mut TcpStream,
+    head: &[u8],
+    body: Option<B>,
+    chunked: bool,
+    head_request: bool,
+    buf: &mut BytesMut,
+) -> io::Result<(Response<()>, Framing)>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    stream.write_all(head).await?;
+    if let Some(mut body) = body {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| io::Error::other(e.into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // Trailers are not forwarded.
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                stream
+                    .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                    .await?;
+                stream.write_all(&data).await?;
+                stream.write_all(b"\r\n").await?;
+            } else {
+                stream.write_all(&data).await?;
+            }
+        }
+        if chunked {
+            stream.write_all(b"0\r\n\r\n").await?;
+        }
+    }
+    loop {
+        let resp = loop {
+            if let Some(resp) = parse_head(buf)? {
+                break resp;
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    "response head too large",
+                ));
+            }
+            buf.reserve(READ_SIZE);
+            if stream.read_buf(buf).await? == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let status = resp.status();
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        let framing = framing(&resp, head_request)?;
+        return Ok((resp, framing));
+    }
+}
+
+/// A complete response head at the start of `buf` and its length, or `None` for more bytes.
+/// Takes a complete response head off the front of `buf`, or `None` until more bytes come.
+fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
+    // Left uninitialised: most heads use a few of these.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let invalid = |e: &dyn std::fmt::Display| io::Error::new(ErrorKind::InvalidData, e.to_string());
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)
+        .map_err(|e| invalid(&e))?
+    {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| invalid(&e))?;
+    *resp.version_mut() = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // The values share the head's bytes rather than each taking a copy.
+    let start = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for f in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|e| invalid(&e))?;
+        let at = f.value.as_ptr() as usize - start;
+        fields.push((name, at..at + f.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let headers = resp.headers_mut();
+    headers.reserve(fields.len());
+    for (name, span) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(|e| invalid(&e))?;
+        headers.append(name, value);
+    }
+    Ok(Some(resp))
+}
+
+fn framing(resp: &Response<()>, head_request: bool) -> io::Result<Framing> {
+    let status = resp.status();
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    let headers = resp.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(
+            if last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Close
+            },
+        );
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Framing::Length)
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "bad content-length")),
+        None => Ok(Framing::Close),
+    }
+}
+
+fn last_token_is(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// An HTTP/1.1 answer that keeps its connection open for HTTP, with a delimited body.
+fn keeps_open(resp: &Response<()>, framing: &Framing) -> bool {
+    resp.version() == Version::HTTP_11
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && !matches!(framing, Framing::Close)
+        && !resp
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// A backend response's body, read from its connection as the client takes it.
+pub struct Upstream {
+    /// `None` once the body ended and the connection went back to the pool or was closed.
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<Backends>,
+    addr: SocketAddr,
+}
+
+impl Upstream {
+    /// The connection after a `101`, and what the backend sent past the head.
+    pub fn into_tunnel(mut self) -> Option<(TcpStream, Bytes)> {
+        let buf = std::mem::take(&mut self.buf).freeze();
+        self.stream.take().map(|s| (s, buf))
+    }
+
+    fn done(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        )
+    }
+
+    /// The body ended: the connection goes back to the pool if it can take another request.
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            if self.reusable && self.buf.is_empty() {
+                self.pool.put(self.addr, stream);
+            }
+        }
+    }
+
+    /// Reads more from the backend; `Ok(0)` at its end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = &self.stream else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buf.reserve(READ_SIZE);
+        loop {
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// The next piece of body data in `buf`, or `None` when more must be read first.
+    fn next_data(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            match &mut self.framing {
+                Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Ok(None),
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left))
+                    if !self.buf.is_empty() && *left > 0 =>
+                {
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    *left -= n as u64;
+                    return Ok(Some(self.buf.split_to(n).freeze()));
+                }
+                Framing::Close if !self.buf.is_empty() => {
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Framing::Chunked(state) => {
+                    let Some(line) = self.buf.iter().position(|b| *b == b'\n') else {
+                        return Ok(None);
+                    };
+                    let text = std::str::from_utf8(&self.buf[..line])
+                        .map_err(|_| io::Error::new(ErrorKind::InvalidData, "bad chunk"))?
+                        .trim_end_matches('\r');
+                    *state = match state {
+                        Chunk::Size => {
+                            let size = text.split(';').next().unwrap_or("").trim();
+                            match u64::from_str_radix(size, 16) {
+                                Ok(0) => Chunk::Trailers,
+                                Ok(n) => Chunk::Data(n),
+                                Err(_) => {
+                                    return Err(io::Error::new(
+                                        ErrorKind::InvalidData,
+                                        "bad chunk size",
+                                    ))
+                                }
+                            }
+                        }
+                        // The CRLF after a chunk's data.
+                        Chunk::Data(_) => Chunk::Size,
+                        Chunk::Trailers if text.is_empty() => Chunk::Done,
+                        Chunk::Trailers => Chunk::Trailers,
+                        Chunk::Done => Chunk::Done,
+                    };
+                    self.buf.advance(line + 1);
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if let Some(data) = self.next_data()? {
+                if self.done() {
+                    self.finish();
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if self.done() {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(match self.framing {
+                    Framing::Close => None,
+                    _ => Some(Err(io::Error::from(ErrorKind::UnexpectedEof).into())),
+                });
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{Empty, Full};
+    use tokio::{io::AsyncBufReadExt as _, net::TcpListener};
+
+    use super::*;
+
+    /// A backend that answers each connection's requests, in order, with `answers`' entries
+    /// (one entry per connection: its answers, then `None` to close). Each request it read is
+    /// sent on the channel.
+    async fn backend(
+        answers: Vec<Vec<&'static str>>,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for conn in answers {
+                let (s, _) = listener.accept().await.unwrap();
+                let mut s = tokio::io::BufReader::new(s);
+                for answer in conn {
+                    let mut req = String::new();
+                    while !req.ends_with("\r\n\r\n") {
+                        if s.read_line(&mut req).await.unwrap() == 0 {
+                            return;
+                        }
+                    }
+                    // A chunked request body, to its last chunk and final CRLF.
+                    if req.contains("transfer-encoding: chunked") {
+                        while !req.ends_with("0\r\n\r\n") {
+                            s.read_line(&mut req).await.unwrap();
+                        }
+                    }
+                    tx.send(req).unwrap();
+                    s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    async fn fetch<B>(
+        pool: &Arc<Backends>,
+        addr: SocketAddr,
+        req: Request<B>,
+    ) -> Result<(Response<()>, Vec<u8>), Failure>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        let conn = match pool.take(addr) {
+            Some(c) => c,
+            None => Conn::Fresh(connect(addr).await.unwrap()),
+        };
+        let resp = pool
+            .clone()
+            .exchange(addr, conn, req, Duration::from_secs(5))
+            .await?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(|_| Failure::Exchange)?;
+        Ok((Response::from_parts(parts, ()), bytes.to_bytes().to_vec()))
+    }
+
+    fn get(method: Method) -> Request<Empty<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri("/x")
+            .header(header::HOST, "b")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    /// B9.12: a chunked answer (with a chunk extension and a trailer) is decoded, an interim
+    /// `100` is skipped, a HEAD answer has no body whatever its Content-Length says, `204`
+    /// has none either; the connection goes back to the pool after each and serves them all.
+    #[tokio::test]
+    async fn one_connection_serves_chunked_interim_head_and_empty_answers() {
+        let (addr, mut requests) = backend(vec![vec![
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ]])
+        .await;
+        let pool = Arc::new(Backends::default());
+        let (r, body) = fetch(&pool, addr, get(Method::GET)).await.ok().unwrap();
+        assert_eq!(
+            (r.status(), body.as_slice()),
+            (StatusCode::OK, &b"hello world"[..])
+        );
+        let head = requests.recv().await.unwrap();
+        assert!(head.starts_with("GET /x HTTP/1.1\r\nhost: b\r\n"), "{head}");
+        let (r, body) = fetch(&pool, addr, get(Method::GET)).await.ok().unwrap();
+        assert_eq!(
+            (r.status(), body.as_slice()),
+            (StatusCode::CREATED, &b"ok"[..])
+        );
+        let (r, body) = fetch(&pool, addr, get(Method::HEAD)).await.ok().unwrap();
+        assert_eq!((r.status(), body.len()), (StatusCode::OK, 0));
+        let (r, body) = fetch(&pool, addr, get(Method::GET)).await.ok().unwrap();
+        assert_eq!((r.status(), body.len()), (StatusCode::NO_CONTENT, 0));
+        // All four came over the one connection the backend accepts: a second one would get
+        // no answer, and the exchange would time out.
+    }
+
+    /// An answer without length runs to the backend's close and its connection is not reused;
+    /// an HTTP/1.0 request is sent as 1.0 and its connection is not reused either (B9.13).
+    #[tokio::test]
+    async fn close_delimited_and_http10_answers_are_not_pooled() {
+        let (addr, mut requests) = backend(vec![
+            vec!["HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"],
+            vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        ])
+        .await;
+        let pool = Arc::new(Backends::default());
+        let (_, body) = fetch(&pool, addr, get(Method::GET)).await.ok().unwrap();
+        assert_eq!(body, b"until the end");
+        assert!(pool.take(addr).is_none());
+        let mut req = get(Method::GET);
+        *req.version_mut() = Version::HTTP_10;
+        let (_, body) = fetch(&pool, addr, req).await.ok().unwrap();
+        assert_eq!(body, b"ok");
+        requests.recv().await.unwrap();
+        assert!(requests
+            .recv()
+            .await
+            .unwrap()
+            .starts_with("GET /x HTTP/1.0\r\n"));
+        assert!(pool.take(addr).is_none());
+    }
+
+    /// A request body in pieces, its length not known up front.
+    struct Pieces(Vec<&'static str>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Poll::Ready(next.map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes())))))
+        }
+    }
+
+    /// A body of unknown length goes out chunked; a known one with its Content-Length.
+    #[tokio::test]
+    async fn request_bodies_are_framed() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let (addr, mut requests) = backend(vec![vec![ok, ok]]).await;
+        let pool = Arc::new(Backends::default());
+        let req = Request::post("/up")
+            .body(Pieces(vec!["ab", "cde"]))
+            .unwrap();
+        fetch(&pool, addr, req).await.ok().unwrap();
+        let got = requests.recv().await.unwrap();
+        let chunked = "transfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n";
+        assert!(got.ends_with(chunked), "{got:?}");
+        let req = Request::post("/up")
+            .body(Full::new(Bytes::from("xyz")))
+            .unwrap();
+        fetch(&pool, addr, req).await.ok().unwrap();
+        // The backend reads up to the head's end: the body comes before the next request.
+        let got = requests.recv().await.unwrap();
+        assert!(got.ends_with("content-length: 3\r\n\r\n"), "{got:?}");
+    }
+
+    /// A pooled connection that the backend closed without answering: a body-less request
+    /// goes again on a new connection. An idle connection the backend closed is not handed out.
+    #[tokio::test]
+    async fn closed_pooled_connections_are_replaced() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Reads the request, then closes without a word.
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = first.read(&mut buf).await.unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut buf).await.unwrap();
+            second.write_all(ok.as_bytes()).await.unwrap();
+            second
+        });
+        let pool = Arc::new(Backends::default());
+        let stale = Conn::Pooled(connect(addr).await.unwrap());
+        let resp = pool
+            .clone()
+            .exchange(addr, stale, get(Method::GET), Duration::from_secs(5))
+            .await
+            .ok()
+            .unwrap();
+        let body = resp.into_body().collect().await.ok().unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        // The backend now closes the pooled connection: it is not handed out again.
+        drop(server.await.unwrap());
+        let mut handed_out = true;
+        for _ in 0..100 {
+            // The runtime learns of the close when its driver turns.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let Some(Conn::Pooled(s)) = pool.take(addr) else {
+                handed_out = false;
+                break;
+            };
+            pool.put(addr, s);
+        }
+        assert!(!handed_out);
+    }
+
+    /// A head that is not HTTP, or one that never ends, is a failed exchange (502).
+    #[tokio::test]
+    async fn bad_heads_fail() {
+        let endless: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\n{}",
+                "x-pad: 0123456789\r\n".repeat(5000)
+            )
+            .into_boxed_str(),
+        );
+        let (addr, _requests) = backend(vec![vec!["SMTP ready\r\n\r\n"], vec![endless]]).await;
+        let pool = Arc::new(Backends::default());
+        assert!(matches!(
+            fetch(&pool, addr, get(Method::GET)).await,
+            Err(Failure::Exchange)
+        ));
+        assert!(matches!(
+            fetch(&pool, addr, get(Method::GET)).await,
+            Err(Failure::Exchange)
+        ));
+    }
 }

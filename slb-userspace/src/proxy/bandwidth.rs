@@ -17,7 +17,7 @@ use hyper::{
 };
 use tokio::time::Sleep;
 
-use super::forward::Body;
+use super::forward::{Body, BodyError};
 
 /// How much unused budget may accumulate: a tenth of a second of traffic.
 const BURST: Duration = Duration::from_millis(100);
@@ -73,12 +73,12 @@ struct Limited {
 
 impl hyper::body::Body for Limited {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.held.is_none() {
             let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,

@@ -24,6 +24,7 @@ use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Version,
 };
 use hyper_util::rt::TokioIo;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
     access::{self, Record},
@@ -31,7 +32,9 @@ use super::{
     bandwidth, gzip, rules, sticky, Route, Shared,
 };
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+/// Why a body ended early: the client's or the backend's connection failed.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Headers that describe one hop's connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -61,6 +64,21 @@ const OWN: [HeaderName; 5] = [
     X_FORWARDED_PORT,
     X_FORWARDED_CLIENT_SRCPORT,
 ];
+
+/// The client of a connection, with its address formatted once for `X-Forwarded-For`.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        Client { addr, ip }
+    }
+}
 
 /// An empty body.
 pub fn empty() -> Body {
@@ -92,15 +110,19 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    // Headers named in Connection are hop-by-hop too; Connection itself goes with the rest.
+    remove_where(headers, |headers, k| {
+        k != header::CONNECTION
+            && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(k.as_str()))
+    });
+    remove_where(headers, |_, k| HOP_BY_HOP.contains(k));
+}
+
+/// Removes the fields `pick` chooses. Scanning the few fields a message has costs less than a
+/// hashed removal of every name it might carry, and most messages carry none of them.
+fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&HeaderMap, &HeaderName) -> bool) {
+    while let Some(name) = headers.keys().find(|k| pick(headers, k)).cloned() {
+        headers.remove(name);
     }
 }
 
@@ -155,7 +177,7 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
 fn backend_request(
     mut req: Request<Incoming>,
     route: &Route,
-    client: SocketAddr,
+    client: &Client,
     host: Option<&str>,
     upgrade: Option<HeaderValue>,
 ) -> Request<Incoming> {
@@ -194,15 +216,14 @@ fn backend_request(
             }
         }
     }
-    for n in &OWN {
-        headers.remove(n);
-    }
-    let ip = client.ip().to_string();
+    remove_where(headers, |_, k| OWN.contains(k));
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok()
+        }
+        _ => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     let put = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
@@ -228,7 +249,7 @@ fn backend_request(
         put(
             headers,
             X_FORWARDED_CLIENT_SRCPORT,
-            &client.port().to_string(),
+            &client.addr.port().to_string(),
         );
     }
     *req.version_mut() = match version {
@@ -298,14 +319,19 @@ impl<T: Send + 'static> Drop for Detached<T> {
     }
 }
 
-/// Relays bytes both ways once both sides have switched protocols.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, addr: SocketAddr) {
-    let (Ok(c), Ok(b)) = tokio::join!(client, backend) else {
+/// Relays bytes both ways once the client has switched protocols too; `early`: what the
+/// backend sent right after its `101`.
+async fn tunnel(client: OnUpgrade, (mut b, early): (TcpStream, Bytes), addr: SocketAddr) {
+    let Ok(c) = client.await else {
         log::debug!("upgrade to {addr} not completed");
         return;
     };
-    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+    let mut c = TokioIo::new(c);
+    let relayed = async {
+        c.write_all(&early).await?;
+        tokio::io::copy_bidirectional(&mut c, &mut b).await
+    };
+    if let Err(e) = relayed.await {
         log::debug!("tunnel to {addr}: {e}");
     }
 }
@@ -315,21 +341,19 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, addr: SocketAddr) {
 pub async fn handle(
     req: Request<Incoming>,
     route: Arc<Route>,
-    client: SocketAddr,
+    client: Client,
     shared: Arc<Shared>,
 ) -> Response<Body> {
     let start = Instant::now();
-    let host = host_of(&req);
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
     let mut record = Record {
         listener: route.name.clone(),
-        client,
-        method: req.method().to_string(),
-        host: host.clone().unwrap_or_default(),
-        path: target.clone(),
+        client: client.addr,
+        method: req.method().clone(),
+        host: host_of(&req),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
         version: match req.version() {
             Version::HTTP_2 => "2",
             Version::HTTP_11 => "1.1",
@@ -341,7 +365,15 @@ pub async fn handle(
         start,
         head: Default::default(),
     };
-    let (resp, backend) = respond(req, &route, client, &shared, host, &target).await;
+    let (resp, backend) = respond(
+        req,
+        &route,
+        &client,
+        &shared,
+        record.host.as_deref(),
+        &record.path,
+    )
+    .await;
     record.backend = backend;
     record.status = resp.status();
     record.head = start.elapsed();
@@ -355,16 +387,15 @@ pub async fn handle(
 async fn respond(
     mut req: Request<Incoming>,
     route: &Arc<Route>,
-    client: SocketAddr,
+    client: &Client,
     shared: &Shared,
-    host: Option<String>,
+    host: Option<&str>,
     target: &str,
 ) -> (Response<Body>, Option<SocketAddr>) {
     if let Some(port) = route.http.forward_port {
-        return (redirect(route, host.as_deref(), target, port), None);
+        return (redirect(route, host, target, port), None);
     }
-    let path = req.uri().path().to_string();
-    let group = rules::select(&route.http.rules, host.as_deref(), &path)
+    let group = rules::select(&route.http.rules, host, req.uri().path())
         .and_then(|rule| route.http.rules.iter().position(|r| std::ptr::eq(r, rule)));
     let pool = route.pool(group);
     let mut order = pool.order(|m| route.usable(m));
@@ -396,7 +427,7 @@ async fn respond(
                 break;
             }
         }
-        match backend::connect(addr).await {
+        match Box::pin(backend::connect(addr)).await {
             Ok(s) => {
                 connected = Some((i, addr, Conn::Fresh(s)));
                 break;
@@ -410,18 +441,17 @@ async fn respond(
     let method = req.method().clone();
     let gzip = route.http.gzip && gzip::accepts(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let upgrading = upgrade.is_some();
-    let req = backend_request(req, route, client, host.as_deref(), upgrade);
+    let req = backend_request(req, route, client, host, upgrade);
     let timeout = std::time::Duration::from_secs(route.http.request_timeout.into());
     let exchange = {
         let route = route.clone();
         let backends = shared.backends.clone();
         async move {
             let _in_flight = route.pool(group).start(i);
-            backends.exchange(addr, conn, req, timeout, upgrading).await
+            backends.exchange(addr, conn, req, timeout).await
         }
     };
-    let mut resp = match Detached::new(exchange).await {
+    let resp = match Detached::new(exchange).await {
         Ok(resp) => resp,
         Err(Failure::Timeout) => {
             let r = text(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n");
@@ -434,16 +464,16 @@ async fn respond(
             );
         }
     };
-    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (resp.status(), client_upgrade) {
-        let backend_side = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client_side, backend_side, addr));
-        if http2 {
-            return (connect_accepted(resp.headers()), Some(addr));
+    let (mut parts, body) = resp.into_parts();
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (parts.status, client_upgrade) {
+        if let Some(backend_side) = body.into_tunnel() {
+            tokio::spawn(tunnel(client_side, backend_side, addr));
         }
-        let (parts, _) = resp.into_parts();
+        if http2 {
+            return (connect_accepted(&parts.headers), Some(addr));
+        }
         return (Response::from_parts(parts, empty()), Some(addr));
     }
-    let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     sticky::respond(
         sticky,
@@ -452,7 +482,7 @@ async fn respond(
         addr,
         &mut parts.headers,
     );
-    let resp = Response::from_parts(parts, body.boxed());
+    let resp = Response::from_parts(parts, BoxBody::new(body));
     let resp = if gzip {
         gzip::compress(&method, resp)
     } else {

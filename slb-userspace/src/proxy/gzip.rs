@@ -17,7 +17,7 @@ use hyper::{
     HeaderMap, Method, Response, StatusCode,
 };
 
-use super::forward::Body;
+use super::forward::{Body, BodyError};
 
 /// B9.16 DECISION: the HTTP listener's list plus the HTTPS listener's `application/json`.
 const MEDIA_TYPES: [&str; 9] = [
@@ -152,12 +152,12 @@ impl Gzip {
 
 impl hyper::body::Body for Gzip {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
             let Some(encoder) = this.encoder.as_mut() else {
@@ -443,7 +443,7 @@ mod tests {
             .body(Empty::<Bytes>::new())
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
-        (resp.map(|b| b.boxed()), go)
+        (resp.map(|b| b.map_err(BodyError::from).boxed()), go)
     }
 
     /// B9.16: a chunked backend response is compressed as it streams: what the backend sent
@@ -527,8 +527,8 @@ mod tests {
                 None => panic!("the body ended as if whole"),
             }
         };
-        let cause = std::error::Error::source(&err)
-            .and_then(|e| e.downcast_ref::<std::io::Error>())
+        let cause = std::iter::successors(Some(&*err as &dyn std::error::Error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
             .map(std::io::Error::kind);
         assert_eq!(cause, Some(std::io::ErrorKind::UnexpectedEof), "{err:?}");
         assert!(body.frame().await.is_none());

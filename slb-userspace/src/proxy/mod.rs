@@ -578,11 +578,15 @@ impl Connection {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let served = AtomicU32::new(0);
-        let (peer, route, shared) = (self.peer, self.route.clone(), self.shared.clone());
+        let (peer, route, shared) = (
+            forward::Client::new(self.peer),
+            self.route.clone(),
+            self.shared.clone(),
+        );
         let svc = service_fn(move |req| {
             let route = route.borrow().clone();
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-            let shared = shared.clone();
+            let (peer, shared) = (peer.clone(), shared.clone());
             async move {
                 let mut resp = forward::handle(req, route, peer, shared).await;
                 if n >= MAX_REQUESTS_PER_CONNECTION {
@@ -621,14 +625,18 @@ impl Connection {
             in_flight: AtomicU32::new(0),
             idle_since: Mutex::new(Instant::now()),
         });
-        let (peer, route, shared) = (self.peer, self.route.clone(), self.shared.clone());
+        let (peer, route, shared) = (
+            forward::Client::new(self.peer),
+            self.route.clone(),
+            self.shared.clone(),
+        );
         let svc = {
             let activity = activity.clone();
             service_fn(move |req| {
                 let route = route.borrow().clone();
                 let busy = activity.begin();
                 busy.0.served.fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
+                let (peer, shared) = (peer.clone(), shared.clone());
                 async move {
                     let resp = forward::handle(req, route, peer, shared).await;
                     drop(busy);
