@@ -4,6 +4,7 @@
 //! `keepalive` and HAProxy's connection reuse do.
 use std::{
     collections::HashMap,
+    future::Future as _,
     io::{self, ErrorKind},
     mem::MaybeUninit,
     net::SocketAddr,
@@ -425,17 +426,13 @@ impl Upstream {
 
     /// Reads more from the backend; `Ok(0)` at its end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(stream) = &self.stream else {
+        let Some(stream) = &mut self.stream else {
             return Poll::Ready(Ok(0));
         };
         self.buf.reserve(READ_SIZE);
-        loop {
-            ready!(stream.poll_read_ready(cx))?;
-            match stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        // A read that fills less than it asked for tells the runtime the socket is drained, so
+        // that `quiet` sees the connection idle once it is back in the pool.
+        std::pin::pin!(stream.read_buf(&mut self.buf)).poll(cx)
     }
 
     /// The next piece of body data in `buf`, or `None` when more must be read first.
@@ -633,6 +630,30 @@ mod tests {
         assert_eq!((r.status(), body.len()), (StatusCode::NO_CONTENT, 0));
         // All four came over the one connection the backend accepts: a second one would get
         // no answer, and the exchange would time out.
+    }
+
+    /// A body that comes after its head, read as the client takes it: its connection still
+    /// goes back to the pool.
+    #[tokio::test]
+    async fn a_body_read_later_leaves_its_connection_pooled() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.write_all(b"later").await.unwrap();
+            s
+        });
+        let pool = Arc::new(Backends::default());
+        let (_, body) = fetch(&pool, addr, get(Method::GET)).await.ok().unwrap();
+        assert_eq!(body, b"later");
+        let _open = server.await.unwrap();
+        assert!(matches!(pool.take(addr), Some(Conn::Pooled(_))));
     }
 
     /// An answer without length runs to the backend's close and its connection is not reused;
