@@ -20,14 +20,14 @@ use hyper::{
     body::{Body, Frame, SizeHint},
     header::{self, HeaderName, HeaderValue},
     http::request,
-    HeaderMap, Method, Request, Response, StatusCode, Version,
+    Method, Request, Response, StatusCode, Version,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
 
-use super::forward::BodyError;
+use super::forward::{list_items, BodyError};
 
 /// The TCP handshake to a backend gives up after this and tries the next backend (B9.10).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -260,11 +260,10 @@ where
                 continue;
             }
             if chunked {
-                stream
-                    .write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                    .await?;
-                stream.write_all(&data).await?;
-                stream.write_all(b"\r\n").await?;
+                // Size line, data and CRLF in one vectored write.
+                let size = Bytes::from(format!("{:x}\r\n", data.len()));
+                let mut chunk = size.chain(data).chain(&b"\r\n"[..]);
+                stream.write_all_buf(&mut chunk).await?;
             } else {
                 stream.write_all(&data).await?;
             }
@@ -298,7 +297,6 @@ where
     }
 }
 
-/// A complete response head at the start of `buf` and its length, or `None` for more bytes.
 /// Takes a complete response head off the front of `buf`, or `None` until more bytes come.
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
     // Left uninitialised: most heads use a few of these.
@@ -347,13 +345,12 @@ fn framing(resp: &Response<()>, head_request: bool) -> io::Result<Framing> {
     }
     let headers = resp.headers();
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        return Ok(
-            if last_token_is(headers, header::TRANSFER_ENCODING, "chunked") {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            },
-        );
+        let last = list_items(headers, header::TRANSFER_ENCODING).next_back();
+        return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        });
     }
     match headers.get(header::CONTENT_LENGTH) {
         Some(v) => v
@@ -366,28 +363,12 @@ fn framing(resp: &Response<()>, head_request: bool) -> io::Result<Framing> {
     }
 }
 
-fn last_token_is(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .next_back()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// An HTTP/1.1 answer that keeps its connection open for HTTP, with a delimited body.
 fn keeps_open(resp: &Response<()>, framing: &Framing) -> bool {
     resp.version() == Version::HTTP_11
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
         && !matches!(framing, Framing::Close)
-        && !resp
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        && !list_items(resp.headers(), header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"))
 }
 
 /// A backend response's body, read from its connection as the client takes it.
@@ -632,8 +613,8 @@ mod tests {
         // no answer, and the exchange would time out.
     }
 
-    /// A body that comes after its head, read as the client takes it: its connection still
-    /// goes back to the pool.
+    /// B9.12: a body that comes after its head, read as the client takes it: its connection
+    /// still goes back to the pool.
     #[tokio::test]
     async fn a_body_read_later_leaves_its_connection_pooled() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -656,7 +637,7 @@ mod tests {
         assert!(matches!(pool.take(addr), Some(Conn::Pooled(_))));
     }
 
-    /// An answer without length runs to the backend's close and its connection is not reused;
+    /// B9.12, B9.13: an answer without length runs to the backend's close and its connection is not reused;
     /// an HTTP/1.0 request is sent as 1.0 and its connection is not reused either (B9.13).
     #[tokio::test]
     async fn close_delimited_and_http10_answers_are_not_pooled() {
@@ -698,7 +679,7 @@ mod tests {
         }
     }
 
-    /// A body of unknown length goes out chunked; a known one with its Content-Length.
+    /// B9.12: a body of unknown length goes out chunked; a known one with its Content-Length.
     #[tokio::test]
     async fn request_bodies_are_framed() {
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
@@ -720,7 +701,7 @@ mod tests {
         assert!(got.ends_with("content-length: 3\r\n\r\n"), "{got:?}");
     }
 
-    /// A pooled connection that the backend closed without answering: a body-less request
+    /// B9.12: a pooled connection that the backend closed without answering: a body-less request
     /// goes again on a new connection. An idle connection the backend closed is not handed out.
     #[tokio::test]
     async fn closed_pooled_connections_are_replaced() {
@@ -763,7 +744,7 @@ mod tests {
         assert!(!handed_out);
     }
 
-    /// A head that is not HTTP, or one that never ends, is a failed exchange (502).
+    /// B9.12: a head that is not HTTP, or one that never ends, is a failed exchange (502).
     #[tokio::test]
     async fn bad_heads_fail() {
         let endless: &'static str = Box::leak(

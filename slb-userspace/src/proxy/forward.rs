@@ -99,11 +99,11 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-/// The comma-separated tokens of the `Connection` header(s), trimmed.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The items of the comma-separated header `name` (all its fields), trimmed.
+pub fn list_items(headers: &HeaderMap, name: HeaderName) -> impl DoubleEndedIterator<Item = &str> {
     headers
-        .get_all(header::CONNECTION)
-        .iter()
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -113,7 +113,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too; Connection itself goes with the rest.
     remove_where(headers, |headers, k| {
         k != header::CONNECTION
-            && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(k.as_str()))
+            && list_items(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(k.as_str()))
     });
     remove_where(headers, |_, k| HOP_BY_HOP.contains(k));
 }
@@ -130,7 +130,7 @@ fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&HeaderMap, &HeaderName) 
 /// extended CONNECT whose `:protocol` names it (RFC 8441). The value is the protocol.
 fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
     match req.version() {
-        Version::HTTP_11 => connection_tokens(req.headers())
+        Version::HTTP_11 => list_items(req.headers(), header::CONNECTION)
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
             .then(|| req.headers().get(header::UPGRADE).cloned())
             .flatten(),

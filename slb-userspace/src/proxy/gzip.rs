@@ -17,7 +17,7 @@ use hyper::{
     HeaderMap, Method, Response, StatusCode,
 };
 
-use super::forward::{Body, BodyError};
+use super::forward::{list_items, Body, BodyError};
 
 /// B9.16 DECISION: the HTTP listener's list plus the HTTPS listener's `application/json`.
 const MEDIA_TYPES: [&str; 9] = [
@@ -38,12 +38,7 @@ const MEDIA_TYPES: [&str; 9] = [
 pub fn accepts(request_headers: &HeaderMap) -> bool {
     let mut gzip = None;
     let mut any = None;
-    let items = request_headers
-        .get_all(ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','));
-    for item in items {
+    for item in list_items(request_headers, ACCEPT_ENCODING) {
         let mut params = item.split(';');
         let coding = params.next().unwrap_or_default().trim();
         let q = params.find_map(|p| {
@@ -74,9 +69,8 @@ pub fn compress(method: &Method, resp: Response<Body>) -> Response<Body> {
     let h = &mut parts.headers;
     h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     h.remove(CONTENT_LENGTH);
-    if !list_has(h, &VARY, |item| {
-        item == "*" || item.eq_ignore_ascii_case("accept-encoding")
-    }) {
+    if !list_items(h, VARY).any(|item| item == "*" || item.eq_ignore_ascii_case("accept-encoding"))
+    {
         h.append(VARY, HeaderValue::from_static("Accept-Encoding"));
     }
     // The compressed bytes differ from the ones a strong validator promised.
@@ -110,18 +104,9 @@ fn compressible(method: &Method, resp: &Response<Body>) -> bool {
         && status != StatusCode::PARTIAL_CONTENT
         && method != Method::HEAD
         // RFC 9111 §5.2.2.6: a proxy must not transform such content.
-        && !list_has(h, &CACHE_CONTROL, |item| item.eq_ignore_ascii_case("no-transform"))
+        && !list_items(h, CACHE_CONTROL).any(|item| item.eq_ignore_ascii_case("no-transform"))
         && !body.is_end_stream()
         && body.size_hint().exact() != Some(0)
-}
-
-/// Whether an item of the comma-separated header `name` satisfies `pred`.
-fn list_has(h: &HeaderMap, name: &hyper::header::HeaderName, pred: impl Fn(&str) -> bool) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| pred(item.trim()))
 }
 
 /// A body gzip-compressed frame by frame: each data frame is compressed and flushed at once,
