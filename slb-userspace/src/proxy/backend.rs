@@ -14,11 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::{
     body::{Body, Frame, SizeHint},
-    header::{self, HeaderName, HeaderValue},
+    header,
     http::request,
     Method, Request, Response, StatusCode, Version,
 };
@@ -27,7 +27,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::forward::{list_items, BodyError};
+use super::{
+    codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
+    forward::{list_items, BodyError},
+};
 
 /// The TCP handshake to a backend gives up after this and tries the next backend (B9.10).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,12 +39,6 @@ const MAX_IDLE: usize = 64;
 /// Below the shortest keep-alive timeout common backends use (Apache's 5 s; nginx's is 75 s), so
 /// the pool rarely hands out a connection the backend is just closing.
 const IDLE_LIFETIME: Duration = Duration::from_secs(4);
-/// A response head larger than this, or with more fields, is refused (502), as nginx's
-/// `proxy_buffer_size` does.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_FIELDS: usize = 128;
-/// Read size from a backend.
-const READ_SIZE: usize = 16 * 1024;
 
 /// A backend connection ready for one request.
 pub enum Conn {
@@ -215,26 +212,6 @@ fn encode_head(parts: &request::Parts, body: &impl Body, chunked: bool) -> Vec<u
     out
 }
 
-/// How the response body is delimited (RFC 9112 §6.3).
-enum Framing {
-    /// This many bytes left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the backend closes.
-    Close,
-}
-
-/// Where a chunked body's reader is.
-enum Chunk {
-    /// Before a chunk-size line.
-    Size,
-    /// This many bytes of chunk data left, then its CRLF.
-    Data(u64),
-    /// After the last chunk: trailer lines until the empty one.
-    Trailers,
-    Done,
-}
-
 /// Writes the request and reads up to the end of the final response head (interim `1xx`
 /// answers other than `101` are skipped). `buf` keeps what was read past the head.
 async fn send<B>(
@@ -260,10 +237,7 @@ where
                 continue;
             }
             if chunked {
-                // Size line, data and CRLF in one vectored write.
-                let size = Bytes::from(format!("{:x}\r\n", data.len()));
-                let mut chunk = size.chain(data).chain(&b"\r\n"[..]);
-                stream.write_all_buf(&mut chunk).await?;
+                stream.write_all_buf(&mut codec::chunk(data)).await?;
             } else {
                 stream.write_all(&data).await?;
             }
@@ -302,35 +276,21 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
     // Left uninitialised: most heads use a few of these.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut []);
-    let invalid = |e: &dyn std::fmt::Display| io::Error::new(ErrorKind::InvalidData, e.to_string());
     let len = match httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut parsed, buf, &mut fields)
-        .map_err(|e| invalid(&e))?
+        .map_err(invalid)?
     {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
     let mut resp = Response::new(());
-    *resp.status_mut() = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|e| invalid(&e))?;
+    *resp.status_mut() = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(invalid)?;
     *resp.version_mut() = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // The values share the head's bytes rather than each taking a copy.
-    let start = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
-    for f in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|e| invalid(&e))?;
-        let at = f.value.as_ptr() as usize - start;
-        fields.push((name, at..at + f.value.len()));
-    }
-    let head = buf.split_to(len).freeze();
-    let headers = resp.headers_mut();
-    headers.reserve(fields.len());
-    for (name, span) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(|e| invalid(&e))?;
-        headers.append(name, value);
-    }
+    let fields = Fields::of(parsed.headers, buf)?;
+    *resp.headers_mut() = fields.take(buf, len)?;
     Ok(Some(resp))
 }
 
@@ -358,7 +318,7 @@ fn framing(resp: &Response<()>, head_request: bool) -> io::Result<Framing> {
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .map(Framing::Length)
-            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "bad content-length")),
+            .ok_or_else(|| invalid("bad content-length")),
         None => Ok(Framing::Close),
     }
 }
@@ -389,13 +349,6 @@ impl Upstream {
         self.stream.take().map(|s| (s, buf))
     }
 
-    fn done(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        )
-    }
-
     /// The body ended: the connection goes back to the pool if it can take another request.
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take() {
@@ -415,57 +368,6 @@ impl Upstream {
         // that `quiet` sees the connection idle once it is back in the pool.
         std::pin::pin!(stream.read_buf(&mut self.buf)).poll(cx)
     }
-
-    /// The next piece of body data in `buf`, or `None` when more must be read first.
-    fn next_data(&mut self) -> io::Result<Option<Bytes>> {
-        loop {
-            match &mut self.framing {
-                Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Ok(None),
-                Framing::Length(left) | Framing::Chunked(Chunk::Data(left))
-                    if !self.buf.is_empty() && *left > 0 =>
-                {
-                    let n = usize::try_from(*left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    *left -= n as u64;
-                    return Ok(Some(self.buf.split_to(n).freeze()));
-                }
-                Framing::Close if !self.buf.is_empty() => {
-                    return Ok(Some(self.buf.split().freeze()));
-                }
-                Framing::Chunked(state) => {
-                    let Some(line) = self.buf.iter().position(|b| *b == b'\n') else {
-                        return Ok(None);
-                    };
-                    let text = std::str::from_utf8(&self.buf[..line])
-                        .map_err(|_| io::Error::new(ErrorKind::InvalidData, "bad chunk"))?
-                        .trim_end_matches('\r');
-                    *state = match state {
-                        Chunk::Size => {
-                            let size = text.split(';').next().unwrap_or("").trim();
-                            match u64::from_str_radix(size, 16) {
-                                Ok(0) => Chunk::Trailers,
-                                Ok(n) => Chunk::Data(n),
-                                Err(_) => {
-                                    return Err(io::Error::new(
-                                        ErrorKind::InvalidData,
-                                        "bad chunk size",
-                                    ))
-                                }
-                            }
-                        }
-                        // The CRLF after a chunk's data.
-                        Chunk::Data(_) => Chunk::Size,
-                        Chunk::Trailers if text.is_empty() => Chunk::Done,
-                        Chunk::Trailers => Chunk::Trailers,
-                        Chunk::Done => Chunk::Done,
-                    };
-                    self.buf.advance(line + 1);
-                }
-                _ => return Ok(None),
-            }
-        }
-    }
 }
 
 impl Body for Upstream {
@@ -477,34 +379,30 @@ impl Body for Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
-            if let Some(data) = self.next_data()? {
-                if self.done() {
-                    self.finish();
+            let this = &mut *self;
+            if let Some(data) = this.framing.next_data(&mut this.buf)? {
+                if this.framing.done() {
+                    this.finish();
                 }
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            if self.done() {
-                self.finish();
+            if this.framing.done() {
+                this.finish();
                 return Poll::Ready(None);
             }
-            if ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(match self.framing {
-                    Framing::Close => None,
-                    _ => Some(Err(io::Error::from(ErrorKind::UnexpectedEof).into())),
-                });
+            if ready!(this.poll_fill(cx))? == 0 {
+                this.framing.at_eof()?;
+                return Poll::Ready(None);
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done()
+        self.framing.done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.framing.size_hint()
     }
 }
 

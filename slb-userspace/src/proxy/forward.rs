@@ -15,16 +15,16 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
 use hyper::{
-    body::Incoming,
     header::{
         self, HeaderName, HeaderValue, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
         SEC_WEBSOCKET_PROTOCOL,
     },
-    upgrade::OnUpgrade,
     HeaderMap, Method, Request, Response, StatusCode, Version,
 };
-use hyper_util::rt::TokioIo;
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 use super::{
     access::{self, Record},
@@ -128,7 +128,7 @@ fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&HeaderMap, &HeaderName) 
 
 /// A request to switch protocols (WebSocket, B9.18): an HTTP/1.1 `Upgrade`, or an HTTP/2
 /// extended CONNECT whose `:protocol` names it (RFC 8441). The value is the protocol.
-fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     match req.version() {
         Version::HTTP_11 => list_items(req.headers(), header::CONNECTION)
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
@@ -164,7 +164,7 @@ fn connect_accepted(backend: &HeaderMap) -> Response<Body> {
 }
 
 /// The request's host: the Host header, or the HTTP/2 authority.
-fn host_of(req: &Request<Incoming>) -> Option<String> {
+fn host_of<B>(req: &Request<B>) -> Option<String> {
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -174,13 +174,13 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
 
 /// The request as the backend gets it: HTTP/1.1 for 1.1 and 2 clients, 1.0 otherwise (B9.13),
 /// `X-Forwarded-For` extended with the client (B9.1) and the switched headers set (B9.2–B9.5).
-fn backend_request(
-    mut req: Request<Incoming>,
+fn backend_request<B>(
+    mut req: Request<B>,
     route: &Route,
     client: &Client,
     host: Option<&str>,
     upgrade: Option<HeaderValue>,
-) -> Request<Incoming> {
+) -> Request<B> {
     let version = req.version();
     // RFC 8441 §5: the extended CONNECT is the HTTP/1.1 upgrade's GET.
     let extended_connect = version == Version::HTTP_2 && upgrade.is_some();
@@ -319,31 +319,43 @@ impl<T: Send + 'static> Drop for Detached<T> {
     }
 }
 
-/// Relays bytes both ways once the client has switched protocols too; `early`: what the
-/// backend sent right after its `101`.
-async fn tunnel(client: OnUpgrade, (mut b, early): (TcpStream, Bytes), addr: SocketAddr) {
-    let Ok(c) = client.await else {
-        log::debug!("upgrade to {addr} not completed");
-        return;
-    };
-    let mut c = TokioIo::new(c);
-    let relayed = async {
-        c.write_all(&early).await?;
-        tokio::io::copy_bidirectional(&mut c, &mut b).await
-    };
-    if let Err(e) = relayed.await {
-        log::debug!("tunnel to {addr}: {e}");
+/// The backend side of a switched protocol (B9.18): its connection, and what it sent right
+/// after its `101`. The client side is the server's to give, once the `101` went out.
+pub struct Tunnel {
+    backend: TcpStream,
+    early: Bytes,
+    addr: SocketAddr,
+}
+
+impl Tunnel {
+    /// Relays bytes both ways; `client_early`: what the client sent past its request head.
+    pub async fn relay<C>(mut self, mut client: C, client_early: Bytes)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let relayed = async {
+            self.backend.write_all(&client_early).await?;
+            client.write_all(&self.early).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut self.backend).await
+        };
+        if let Err(e) = relayed.await {
+            log::debug!("tunnel to {}: {e}", self.addr);
+        }
     }
 }
 
 /// Serves one request: 503 with no usable backend (B4.17), 502 when the backend fails, 504 when
 /// it does not answer within `RequestTimeout` (B9.8).
-pub async fn handle(
-    req: Request<Incoming>,
+pub async fn handle<B>(
+    req: Request<B>,
     route: Arc<Route>,
     client: Client,
     shared: Arc<Shared>,
-) -> Response<Body> {
+) -> (Response<Body>, Option<Tunnel>)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BodyError> + Send,
+{
     let start = Instant::now();
     let mut record = Record {
         listener: route.name.clone(),
@@ -365,7 +377,7 @@ pub async fn handle(
         start,
         head: Default::default(),
     };
-    let (resp, backend) = respond(
+    let (resp, backend, tunnel) = respond(
         req,
         &route,
         &client,
@@ -381,19 +393,23 @@ pub async fn handle(
         Some(bucket) => bandwidth::limited(resp, bucket.clone()),
         None => resp,
     };
-    access::logged(resp, record, shared.metrics.clone())
+    (access::logged(resp, record, shared.metrics.clone()), tunnel)
 }
 
-async fn respond(
-    mut req: Request<Incoming>,
+async fn respond<B>(
+    mut req: Request<B>,
     route: &Arc<Route>,
     client: &Client,
     shared: &Shared,
     host: Option<&str>,
     target: &str,
-) -> (Response<Body>, Option<SocketAddr>) {
+) -> (Response<Body>, Option<SocketAddr>, Option<Tunnel>)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BodyError> + Send,
+{
     if let Some(port) = route.http.forward_port {
-        return (redirect(route, host, target, port), None);
+        return (redirect(route, host, target, port), None, None);
     }
     let group = rules::select(&route.http.rules, host, req.uri().path())
         .and_then(|rule| route.http.rules.iter().position(|r| std::ptr::eq(r, rule)));
@@ -404,7 +420,7 @@ async fn respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 no backend available\n",
         );
-        return (r, None);
+        return (r, None, None);
     }
     let sticky = &route.http.sticky_session;
     let wanted = sticky::requested(sticky, req.headers_mut());
@@ -436,11 +452,15 @@ async fn respond(
         }
     }
     let Some((i, addr, conn)) = connected else {
-        return (text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"), None);
+        return (
+            text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
+            None,
+            None,
+        );
     };
     let method = req.method().clone();
     let gzip = route.http.gzip && gzip::accepts(req.headers());
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let upgrading = upgrade.is_some();
     let req = backend_request(req, route, client, host, upgrade);
     let timeout = std::time::Duration::from_secs(route.http.request_timeout.into());
     let exchange = {
@@ -455,24 +475,29 @@ async fn respond(
         Ok(resp) => resp,
         Err(Failure::Timeout) => {
             let r = text(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n");
-            return (r, Some(addr));
+            return (r, Some(addr), None);
         }
         Err(Failure::Exchange) => {
             return (
                 text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
                 Some(addr),
+                None,
             );
         }
     };
     let (mut parts, body) = resp.into_parts();
-    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (parts.status, client_upgrade) {
-        if let Some(backend_side) = body.into_tunnel() {
-            tokio::spawn(tunnel(client_side, backend_side, addr));
-        }
-        if http2 {
-            return (connect_accepted(&parts.headers), Some(addr));
-        }
-        return (Response::from_parts(parts, empty()), Some(addr));
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrading {
+        let tunnel = body.into_tunnel().map(|(backend, early)| Tunnel {
+            backend,
+            early,
+            addr,
+        });
+        let resp = if http2 {
+            connect_accepted(&parts.headers)
+        } else {
+            Response::from_parts(parts, empty())
+        };
+        return (resp, Some(addr), tunnel);
     }
     strip_hop_by_hop(&mut parts.headers);
     sticky::respond(
@@ -488,5 +513,5 @@ async fn respond(
     } else {
         resp
     };
-    (resp, Some(addr))
+    (resp, Some(addr), None)
 }

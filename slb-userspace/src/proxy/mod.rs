@@ -7,9 +7,11 @@
 pub mod access;
 pub mod backend;
 pub mod bandwidth;
+pub mod codec;
 pub mod domain;
 pub mod forward;
 pub mod gzip;
+pub mod h1;
 pub mod pool;
 pub mod rules;
 pub mod sticky;
@@ -28,10 +30,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{header::HeaderValue, service::service_fn};
+use bytes::Bytes;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use openssl::ssl::{Ssl, SslAcceptor};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
@@ -549,7 +553,7 @@ impl Connection {
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
         let Some(acceptor) = route.tls.clone() else {
-            return self.serve_http1(TokioIo::new(stream), idle).await;
+            return self.serve_http1(stream, idle).await;
         };
         let handshake = async {
             let ssl = Ssl::new(acceptor.context())?;
@@ -569,51 +573,21 @@ impl Connection {
         if tls.ssl().selected_alpn_protocol() == Some(b"h2") {
             self.serve_http2(TokioIo::new(tls), idle).await
         } else {
-            self.serve_http1(TokioIo::new(tls), idle).await
+            self.serve_http1(tls, idle).await
         }
     }
 
-    async fn serve_http1<I>(mut self, io: I, idle: Duration)
+    async fn serve_http1<S>(self, io: S, idle: Duration)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let served = AtomicU32::new(0);
-        let (peer, route, shared) = (
-            forward::Client::new(self.peer),
-            self.route.clone(),
-            self.shared.clone(),
-        );
-        let svc = service_fn(move |req| {
+        let client = forward::Client::new(self.peer);
+        let (route, shared) = (self.route, self.shared);
+        h1::serve(io, idle, self.stop, |req| {
             let route = route.borrow().clone();
-            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-            let (peer, shared) = (peer.clone(), shared.clone());
-            async move {
-                let mut resp = forward::handle(req, route, peer, shared).await;
-                if n >= MAX_REQUESTS_PER_CONNECTION {
-                    resp.headers_mut()
-                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        // The header read timeout runs from the end of one response to the next request's
-        // head: a keep-alive connection idle for IdleTimeout is closed (B9.7).
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(idle)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            log::debug!("client {}: {e}", self.peer);
-        }
+            forward::handle(req, route, client.clone(), shared.clone())
+        })
+        .await;
     }
 
     async fn serve_http2<I>(mut self, io: I, idle: Duration)
@@ -632,13 +606,26 @@ impl Connection {
         );
         let svc = {
             let activity = activity.clone();
-            service_fn(move |req| {
+            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let route = route.borrow().clone();
                 let busy = activity.begin();
                 busy.0.served.fetch_add(1, Ordering::Relaxed);
                 let (peer, shared) = (peer.clone(), shared.clone());
+                // RFC 8441: WebSocket comes as an extended CONNECT.
+                let upgraded =
+                    (req.method() == hyper::Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
                 async move {
-                    let resp = forward::handle(req, route, peer, shared).await;
+                    let (resp, tunnel) = forward::handle(req, route, peer, shared).await;
+                    if let (Some(tunnel), Some(upgraded)) = (tunnel, upgraded) {
+                        tokio::spawn(async move {
+                            match upgraded.await {
+                                Ok(client) => {
+                                    tunnel.relay(TokioIo::new(client), Bytes::new()).await
+                                }
+                                Err(e) => log::debug!("upgrade not completed: {e}"),
+                            }
+                        });
+                    }
                     drop(busy);
                     Ok::<_, Infallible>(resp)
                 }

@@ -1,0 +1,843 @@
+//! HTTP/1.x client connections (RFC 9112), read and written on the connection's own task:
+//! keep-alive and pipelining, request bodies by length or chunked, `Expect: 100-continue`,
+//! protocol switches handed to a tunnel (B9.18), `IdleTimeout` for the next request's head
+//! (B9.7), the request limit (B9.9), and `400`/`431` for heads it cannot take. Doing only what
+//! the proxy needs costs less per request than a general server.
+use std::{
+    cell::RefCell,
+    future::{poll_fn, Future},
+    io::{self, ErrorKind},
+    mem::MaybeUninit,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use hyper::{
+    body::{Body as _, Frame, SizeHint},
+    header::{self, HeaderValue},
+    http::request,
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf},
+    sync::{oneshot, watch},
+};
+
+use super::{
+    codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
+    forward::{list_items, Body, BodyError, Tunnel},
+    MAX_REQUESTS_PER_CONNECTION,
+};
+
+/// Response bytes gathered before a write; a larger piece of body data goes out as it is.
+const GATHER: usize = 16 * 1024;
+/// An unread request body (a `503` for an upload, say) is read and dropped up to this much to
+/// keep the connection; beyond it the connection is closed.
+const DRAIN_LIMIT: u64 = 1 << 20;
+
+/// What a handler answers: the response, and after a `101` the backend side of the tunnel.
+pub type Answer = (Response<Body>, Option<Tunnel>);
+
+/// The connection's read side and what was read past the last message.
+struct Reader<S> {
+    io: ReadHalf<S>,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead> Reader<S> {
+    /// Reads more; `Ok(0)` at the client's end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+    }
+
+    /// The next request head; `None` when the client closed between requests.
+    async fn head(&mut self) -> Result<Option<request::Parts>, Refused> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(parts) = parse_head(&mut self.buf)? {
+                    return Ok(Some(parts));
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(Refused::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+                }
+            }
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(Refused::Gone),
+                Ok(_) => {}
+                Err(e) => {
+                    log::debug!("reading a request head: {e}");
+                    return Err(Refused::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// Why no request came.
+enum Refused {
+    /// The client sent something this answers with an error status, then closes.
+    Status(StatusCode),
+    /// The connection failed or closed in the middle of a head.
+    Gone,
+}
+
+/// A request body, read from the client connection as the backend exchange takes it. Finished
+/// or dropped, it gives the connection's read side back for the next request.
+pub struct ClientBody<S> {
+    /// `None` for a request without a body, or once given back.
+    reading: Option<(Reader<S>, Framing)>,
+    back: Option<oneshot::Sender<(Reader<S>, Framing)>>,
+}
+
+impl<S> ClientBody<S> {
+    fn give_back(&mut self) {
+        if let (Some(reading), Some(back)) = (self.reading.take(), self.back.take()) {
+            let _ = back.send(reading);
+        }
+    }
+}
+
+impl<S: AsyncRead> hyper::body::Body for ClientBody<S> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some((reader, framing)) = &mut self.reading else {
+                return Poll::Ready(None);
+            };
+            if let Some(data) = framing.next_data(&mut reader.buf)? {
+                if framing.done() {
+                    self.give_back();
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if framing.done() {
+                self.give_back();
+                return Poll::Ready(None);
+            }
+            if ready!(reader.poll_fill(cx))? == 0 {
+                return Poll::Ready(Some(Err(io::Error::from(ErrorKind::UnexpectedEof).into())));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reading.as_ref().is_none_or(|(_, f)| f.done())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.reading
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), |(_, f)| f.size_hint())
+    }
+}
+
+impl<S> Drop for ClientBody<S> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// Serves HTTP/1.x requests on `io` with `handle` until the client closes, stays idle for
+/// `idle`, reaches the request limit, or `stop` changes (in-flight requests finish first).
+pub async fn serve<S, H, F>(io: S, idle: Duration, mut stop: watch::Receiver<bool>, mut handle: H)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: FnMut(Request<ClientBody<S>>) -> F,
+    F: Future<Output = Answer>,
+{
+    let (read, mut write) = tokio::io::split(io);
+    let mut reader = Some(Reader {
+        io: read,
+        buf: BytesMut::new(),
+    });
+    let mut out = BytesMut::new();
+    let mut served = 0;
+    let end = loop {
+        let Some(mut r) = reader.take() else {
+            break Ok(End::Close);
+        };
+        // B9.7: the next head within IdleTimeout of the last answer. Stopping closes a
+        // connection that waits for its next request.
+        let waiting = r.buf.is_empty();
+        let head = tokio::select! {
+            h = tokio::time::timeout(idle, r.head()) => h,
+            _ = stop.changed(), if waiting => break Ok(End::Close),
+        };
+        let mut parts = match head {
+            Ok(Ok(Some(parts))) => parts,
+            Err(_) | Ok(Ok(None)) | Ok(Err(Refused::Gone)) => break Ok(End::Close),
+            Ok(Err(Refused::Status(status))) => break Ok(End::Refuse(status)),
+        };
+        served += 1;
+        let framing = match request_framing(&parts) {
+            Ok(f) => f,
+            Err(status) => break Ok(End::Refuse(status)),
+        };
+        let keep_alive = keeps_alive(&parts) && served < MAX_REQUESTS_PER_CONNECTION;
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let (body, back) = if framing.done() {
+            reader = Some(r);
+            (
+                ClientBody {
+                    reading: None,
+                    back: None,
+                },
+                None,
+            )
+        } else {
+            if parts.headers.contains_key(header::EXPECT) {
+                // Answered here, at once (RFC 9110 §10.1.1), rather than by the backend.
+                parts.headers.remove(header::EXPECT);
+                if version == Version::HTTP_11 {
+                    if let Err(e) = write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+                        break Err(e);
+                    }
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            let body = ClientBody {
+                reading: Some((r, framing)),
+                back: Some(tx),
+            };
+            (body, Some(rx))
+        };
+        let (resp, tunnel) = handle(Request::from_parts(parts, body)).await;
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(tunnel)) = (resp.status(), tunnel) {
+            break Ok(End::Tunnel(Box::new((resp, tunnel))));
+        }
+        let mut close = !keep_alive || *stop.borrow_and_update();
+        match respond(&mut write, &mut out, resp, head_request, version, close).await {
+            Ok(complete) => close |= !complete,
+            Err(e) => break Err(e),
+        }
+        if let Some(back) = back {
+            // The body comes back once the exchange is done with it; what is left unread is
+            // skipped so that the next request can be found.
+            reader = match tokio::time::timeout(idle, back).await {
+                Ok(Ok((mut r, mut framing))) => match drain(&mut r, &mut framing, idle).await {
+                    true => Some(r),
+                    false => None,
+                },
+                _ => None,
+            };
+        }
+        if close {
+            break Ok(End::Close);
+        }
+    };
+    let result = match end {
+        Ok(End::Close) => write.shutdown().await,
+        Ok(End::Refuse(status)) => refuse(&mut write, status).await,
+        Ok(End::Tunnel(upgrade)) => match reader {
+            Some(Reader { io, buf }) => {
+                let (resp, tunnel) = *upgrade;
+                let head_request = false;
+                match respond(
+                    &mut write,
+                    &mut out,
+                    resp,
+                    head_request,
+                    Version::HTTP_11,
+                    false,
+                )
+                .await
+                {
+                    Ok(_) => {
+                        tunnel.relay(io.unsplit(write), buf.freeze()).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => Ok(()),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        log::debug!("client connection: {e}");
+    }
+}
+
+/// How a connection's request loop ended.
+enum End {
+    Close,
+    /// With this error status.
+    Refuse(StatusCode),
+    /// With a `101`: the connection becomes a tunnel.
+    Tunnel(Box<(Response<Body>, Tunnel)>),
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(write: &mut W, status: StatusCode) -> io::Result<()> {
+    let mut head =
+        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n").into_bytes();
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(date().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    write.write_all(&head).await?;
+    write.shutdown().await
+}
+
+/// Takes a complete request head off the front of `buf`, or `None` until more bytes come.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<request::Parts>, Refused> {
+    fn bad<E>(_: E) -> Refused {
+        Refused::Status(StatusCode::BAD_REQUEST)
+    }
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refused::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+        }
+        Err(_) => return Err(Refused::Status(StatusCode::BAD_REQUEST)),
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()).map_err(bad)?;
+    parts.uri = Uri::try_from(parsed.path.unwrap_or("")).map_err(bad)?;
+    parts.version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let fields = Fields::of(parsed.headers, buf).map_err(bad)?;
+    parts.headers = fields.take(buf, len).map_err(bad)?;
+    Ok(Some(parts))
+}
+
+/// How the request's body is delimited (RFC 9112 §6.3). Both `Transfer-Encoding` and
+/// `Content-Length`, or a length that is not one number, is refused as nginx does: either
+/// could be a request smuggled past another hop.
+fn request_framing(parts: &request::Parts) -> Result<Framing, StatusCode> {
+    let headers = &parts.headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = list_items(headers, header::TRANSFER_ENCODING)
+            .next_back()
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        if !chunked
+            || parts.version == Version::HTTP_10
+            || headers.contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        return Ok(Framing::Chunked(Chunk::Size));
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(Framing::Length(0)),
+        (Some(v), None) if !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Framing::Length)
+            .ok_or(StatusCode::BAD_REQUEST),
+        _ => Err(StatusCode::BAD_REQUEST),
+    }
+}
+
+/// HTTP/1.1 keeps the connection unless the client says `close`; HTTP/1.0 only when it says
+/// `keep-alive`.
+fn keeps_alive(parts: &request::Parts) -> bool {
+    let mut tokens = list_items(&parts.headers, header::CONNECTION);
+    match parts.version {
+        Version::HTTP_11 => !tokens.any(|t| t.eq_ignore_ascii_case("close")),
+        _ => tokens.any(|t| t.eq_ignore_ascii_case("keep-alive")),
+    }
+}
+
+/// How a response body goes out.
+enum Sending {
+    /// None: `HEAD`, `1xx`, `204`, `304`; the fields stay as the handler set them.
+    Nothing,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes: an HTTP/1.0 client and a body of unknown length.
+    Close,
+}
+
+/// Writes `resp`. `Ok(false)`: the body did not end as its framing said, so the connection
+/// cannot carry another response.
+async fn respond<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    out: &mut BytesMut,
+    resp: Response<Body>,
+    head_request: bool,
+    version: Version,
+    mut close: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let sending = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Sending::Nothing
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => Sending::Length(n),
+            None if version == Version::HTTP_11 => Sending::Chunked,
+            None => {
+                close = true;
+                Sending::Close
+            }
+        }
+    };
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    let own_length = !matches!(sending, Sending::Nothing);
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    // A HEAD answer without the field tells the length its GET would have, when known.
+    let head_length = (head_request && !parts.headers.contains_key(header::CONTENT_LENGTH))
+        .then(|| body.size_hint().exact())
+        .flatten()
+        .filter(|n| *n > 0);
+    match (&sending, head_length.as_ref()) {
+        (Sending::Length(n), _) | (Sending::Nothing, Some(n)) => {
+            out.put_slice(b"content-length: ");
+            out.put_slice(n.to_string().as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        (Sending::Chunked, _) => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(date().as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The backend's Connection and Upgrade fields are the answer.
+    } else if close {
+        out.put_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.put_slice(b"connection: keep-alive\r\n");
+    }
+    out.put_slice(b"\r\n");
+    let mut sent = 0u64;
+    if !matches!(sending, Sending::Nothing) {
+        loop {
+            // Frames that are ready go out with the head in one write; the gathered bytes go
+            // out before waiting for more.
+            let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    write.write_all_buf(out).await?;
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue, // Trailers are not forwarded.
+                },
+            };
+            sent += data.len() as u64;
+            let chunked = matches!(sending, Sending::Chunked);
+            if data.len() > GATHER {
+                if chunked {
+                    write
+                        .write_all_buf(&mut out.split().chain(codec::chunk(data)))
+                        .await?;
+                } else {
+                    write.write_all_buf(&mut out.split().chain(data)).await?;
+                }
+                continue;
+            }
+            if chunked {
+                out.put(codec::chunk(data));
+            } else {
+                out.put_slice(&data);
+            }
+            if out.len() >= GATHER {
+                write.write_all_buf(out).await?;
+            }
+        }
+    }
+    if matches!(sending, Sending::Chunked) {
+        out.put_slice(b"0\r\n\r\n");
+    }
+    write.write_all_buf(out).await?;
+    write.flush().await?;
+    Ok(match sending {
+        Sending::Length(n) => sent == n,
+        _ => true,
+    })
+}
+
+/// Reads and drops what is left of a request body, up to [`DRAIN_LIMIT`] and within `idle`;
+/// `false` when the connection cannot be used for another request.
+async fn drain<S: AsyncRead>(r: &mut Reader<S>, framing: &mut Framing, idle: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(idle, skip(r, framing)).await,
+        Ok(Ok(true))
+    )
+}
+
+async fn skip<S: AsyncRead>(r: &mut Reader<S>, framing: &mut Framing) -> io::Result<bool> {
+    let mut skipped = 0u64;
+    loop {
+        while let Some(data) = framing.next_data(&mut r.buf)? {
+            skipped += data.len() as u64;
+        }
+        if framing.done() {
+            return Ok(true);
+        }
+        if skipped > DRAIN_LIMIT || poll_fn(|cx| r.poll_fill(cx)).await? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+/// The `Date` field for answers that carry none, formatted once a second per thread.
+fn date() -> HeaderValue {
+    thread_local! {
+        static DATE: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, value)| {
+        if *at != secs {
+            *at = secs;
+            *value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+        }
+        value.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http_body_util::{BodyExt as _, Full};
+    use tokio::{
+        io::{AsyncBufReadExt as _, BufReader},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    /// A body of unknown length.
+    struct Unsized(Option<Bytes>);
+
+    impl hyper::body::Body for Unsized {
+        type Data = Bytes;
+        type Error = BodyError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// A server on loopback whose handler answers `<method> <target> <body>`, reading the
+    /// body, except for `/ignore`, which answers 503 without reading it, and `/unsized`, whose
+    /// answer has no length. The sender stops the server's connections.
+    async fn server(idle: Duration) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(serve(stream, idle, stopped.clone(), |req| async move {
+                    let (parts, body) = req.into_parts();
+                    let target = parts.uri.to_string();
+                    let resp = match target.as_str() {
+                        "/ignore" => {
+                            drop(body);
+                            let mut r = Response::new(
+                                Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+                            );
+                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            r
+                        }
+                        "/unsized" => Response::new(Unsized(Some(Bytes::from("streamed"))).boxed()),
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            Response::new(
+                                Full::new(Bytes::from("slow"))
+                                    .map_err(|n| match n {})
+                                    .boxed(),
+                            )
+                        }
+                        _ => {
+                            let data = body.collect().await.unwrap().to_bytes();
+                            let text = format!(
+                                "{} {target} {}",
+                                parts.method,
+                                String::from_utf8_lossy(&data)
+                            );
+                            Response::new(
+                                Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed(),
+                            )
+                        }
+                    };
+                    (resp, None)
+                }));
+            }
+        });
+        (addr, stop)
+    }
+
+    /// One response: its head (lower-cased) and body, read by its framing.
+    async fn read(c: &mut BufReader<TcpStream>) -> (String, String) {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                c.read_line(&mut line).await.unwrap() > 0,
+                "closed in {head:?}"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let mut body = Vec::new();
+        if head.starts_with("http/1.1 1") || head.starts_with("http/1.1 204") {
+        } else if let Some(len) = field("content-length:") {
+            body.resize(len.parse().unwrap(), 0);
+            c.read_exact(&mut body).await.unwrap();
+        } else if field("transfer-encoding:").as_deref() == Some("chunked") {
+            loop {
+                let mut size = String::new();
+                c.read_line(&mut size).await.unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                c.read_exact(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            c.read_to_end(&mut body).await.unwrap();
+        }
+        (head, String::from_utf8(body).unwrap())
+    }
+
+    async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+        BufReader::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    async fn closed(c: &mut BufReader<TcpStream>) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await,
+            Ok(Ok(0))
+        )
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_with_bodies_are_answered_in_order() {
+        let (addr, _stop) = server(Duration::from_secs(5)).await;
+        let mut c = connect(addr).await;
+        c.get_mut()
+            .write_all(
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+                  POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  3;ext=1\r\nwor\r\n2\r\nld\r\n0\r\nTrailer: t\r\n\r\n\
+                  GET /c?q HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        for want in ["POST /a hello", "POST /b world", "GET /c?q "] {
+            let (head, body) = read(&mut c).await;
+            assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+            assert!(head.contains("\r\ndate: "), "{head}");
+            assert_eq!(body, want);
+        }
+        // Expect: 100-continue is answered before the body is sent.
+        c.get_mut()
+            .write_all(
+                b"PUT /d HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let (head, _) = read(&mut c).await;
+        assert!(head.starts_with("http/1.1 100 continue"), "{head}");
+        c.get_mut().write_all(b"ok").await.unwrap();
+        assert_eq!(read(&mut c).await.1, "PUT /d ok");
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_is_skipped_and_the_connection_kept() {
+        let (addr, _stop) = server(Duration::from_secs(5)).await;
+        let mut c = connect(addr).await;
+        c.get_mut()
+            .write_all(b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read(&mut c).await.0.starts_with("http/1.1 503 "));
+        assert_eq!(read(&mut c).await.1, "GET /next ");
+    }
+
+    #[tokio::test]
+    async fn framing_follows_the_client_version() {
+        let (addr, _stop) = server(Duration::from_secs(5)).await;
+        // HTTP/1.1: a body of unknown length is chunked; HEAD gets no body.
+        let mut c = connect(addr).await;
+        c.get_mut()
+            .write_all(b"GET /unsized HTTP/1.1\r\nHost: x\r\n\r\nHEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read(&mut c).await;
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(body, "streamed");
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            c.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.contains("content-length: 8"), "{head}");
+        assert_eq!(read(&mut c).await.1, "GET /after ");
+        // HTTP/1.0: kept alive only when asked; an unknown length is delimited by the close.
+        let mut c = connect(addr).await;
+        c.get_mut()
+            .write_all(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read(&mut c).await;
+        assert!(head.contains("connection: keep-alive"), "{head}");
+        assert_eq!(body, "GET /a ");
+        c.get_mut()
+            .write_all(b"GET /unsized HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read(&mut c).await;
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert_eq!(body, "streamed");
+        let mut c = connect(addr).await;
+        c.get_mut()
+            .write_all(b"GET /b HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read(&mut c).await;
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(closed(&mut c).await);
+    }
+
+    #[tokio::test]
+    async fn bad_heads_are_refused_and_closed() {
+        let (addr, _stop) = server(Duration::from_secs(5)).await;
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let cases = [
+            (
+                "both lengths",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+                    .to_string(),
+                400,
+            ),
+            (
+                "two lengths",
+                "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n".to_string(),
+                400,
+            ),
+            (
+                "signed length",
+                "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n".to_string(),
+                400,
+            ),
+            (
+                "not chunked last",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_string(),
+                400,
+            ),
+            ("no request line", "hello there\r\n\r\n".to_string(), 400),
+            (
+                "too many fields",
+                format!("GET / HTTP/1.1\r\n{many}\r\n"),
+                431,
+            ),
+            ("head too large", long, 431),
+        ];
+        for (what, raw, status) in cases {
+            let mut c = connect(addr).await;
+            c.get_mut().write_all(raw.as_bytes()).await.unwrap();
+            let (head, _) = read(&mut c).await;
+            assert!(
+                head.starts_with(&format!("http/1.1 {status} ")),
+                "{what}: {head}"
+            );
+            assert!(closed(&mut c).await, "{what}");
+        }
+    }
+
+    /// B9.7: an idle connection closes after the idle time; a stop closes a waiting connection
+    /// at once and lets an answer in progress finish with `Connection: close`.
+    #[tokio::test]
+    async fn idle_and_stopped_connections_close() {
+        let (addr, stop) = server(Duration::from_secs(1)).await;
+        let mut c = connect(addr).await;
+        c.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        read(&mut c).await;
+        let idle = std::time::Instant::now();
+        assert!(closed(&mut c).await);
+        let waited = idle.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+
+        let mut waiting = connect(addr).await;
+        let mut busy = connect(addr).await;
+        busy.get_mut()
+            .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(true).unwrap();
+        assert!(closed(&mut waiting).await);
+        let (head, body) = read(&mut busy).await;
+        assert_eq!(body, "slow");
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(closed(&mut busy).await);
+    }
+}
