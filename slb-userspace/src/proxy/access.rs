@@ -13,6 +13,8 @@ use std::{
 use bytes::Bytes;
 use hyper::{
     body::{Body as _, Frame, SizeHint},
+    header::HeaderValue,
+    http::uri::PathAndQuery,
     Response, StatusCode,
 };
 use serde_json::json;
@@ -24,8 +26,8 @@ pub struct Record {
     pub listener: Arc<str>,
     pub client: SocketAddr,
     pub method: hyper::Method,
-    pub host: Option<String>,
-    pub path: String,
+    pub host: Option<HeaderValue>,
+    pub path: PathAndQuery,
     pub version: &'static str,
     /// `None` when the LB answered itself (503, redirect, no connection).
     pub backend: Option<SocketAddr>,
@@ -153,8 +155,8 @@ impl Logged {
             "listener": &*r.listener,
             "client": r.client.to_string(),
             "method": r.method.as_str(),
-            "host": r.host.as_deref().unwrap_or(""),
-            "path": r.path,
+            "host": r.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+            "path": r.path.as_str(),
             "version": r.version,
             "status": r.status.as_u16(),
             "backend": r.backend.map(|b| b.to_string()),

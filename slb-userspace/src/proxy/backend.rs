@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::{
     body::{Body, Frame, SizeHint},
@@ -42,8 +42,8 @@ const IDLE_LIFETIME: Duration = Duration::from_secs(4);
 
 /// A backend connection ready for one request.
 pub enum Conn {
-    /// Reused from the idle pool; the backend may have closed it just now.
-    Pooled(TcpStream),
+    /// Reused from the idle pool, with its read buffer; the backend may have closed it just now.
+    Pooled(TcpStream, BytesMut),
     Fresh(TcpStream),
 }
 
@@ -57,7 +57,14 @@ pub enum Failure {
 
 #[derive(Default)]
 pub struct Backends {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+/// A pooled connection, with its read buffer, and since when it waits.
+struct Idle {
+    stream: TcpStream,
+    buf: BytesMut,
+    since: Instant,
 }
 
 impl Backends {
@@ -65,23 +72,27 @@ impl Backends {
     pub fn take(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
-        while let Some((stream, since)) = list.pop() {
-            if since.elapsed() < IDLE_LIFETIME && quiet(&stream) {
-                return Some(Conn::Pooled(stream));
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < IDLE_LIFETIME && quiet(&idle.stream) {
+                return Some(Conn::Pooled(idle.stream, idle.buf));
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+    fn put(&self, addr: SocketAddr, stream: TcpStream, buf: BytesMut) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(addr).or_default();
         if list.len() >= MAX_IDLE {
-            list.retain(|(s, since)| now - *since < IDLE_LIFETIME && quiet(s));
+            list.retain(|i| now - i.since < IDLE_LIFETIME && quiet(&i.stream));
         }
         if list.len() < MAX_IDLE {
-            list.push((stream, now));
+            list.push(Idle {
+                stream,
+                buf,
+                since: now,
+            });
         }
     }
 
@@ -101,25 +112,19 @@ impl Backends {
     {
         let work = async {
             let (parts, body) = req.into_parts();
-            let chunked = body.size_hint().exact().is_none();
-            let head = encode_head(&parts, &body, chunked);
+            let length = body.size_hint().exact();
             let head_request = parts.method == Method::HEAD;
-            let (mut stream, mut pooled) = match conn {
-                Conn::Pooled(s) => (s, true),
-                Conn::Fresh(s) => (s, false),
+            // A pooled connection's buffer is reused: the head is written from it, and the
+            // answer read into it.
+            let (mut stream, mut buf, mut pooled) = match conn {
+                Conn::Pooled(s, buf) => (s, buf, true),
+                Conn::Fresh(s) => (s, BytesMut::new(), false),
             };
             let mut body = (!body.is_end_stream()).then_some(body);
             let has_body = body.is_some();
-            let mut buf = BytesMut::new();
             loop {
-                let sent = send(
-                    &mut stream,
-                    &head,
-                    body.take(),
-                    chunked,
-                    head_request,
-                    &mut buf,
-                );
+                encode_head(&parts, length, &mut buf);
+                let sent = send(&mut stream, body.take(), length, head_request, &mut buf);
                 match sent.await {
                     Ok(resp) => break Ok((stream, buf, resp, parts.version)),
                     // A pooled connection the backend closed before answering anything: the
@@ -183,42 +188,42 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// The request line and header fields; `chunked`: the body's length is not known up front.
-fn encode_head(parts: &request::Parts, body: &impl Body, chunked: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
+/// The request line and header fields, into `out`; `length`: the body's, when known up front
+/// (otherwise it is chunked).
+fn encode_head(parts: &request::Parts, length: Option<u64>, out: &mut BytesMut) {
+    out.reserve(256 + parts.headers.len() * 32);
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(match parts.version {
+    out.put_slice(target.as_bytes());
+    out.put_slice(match parts.version {
         Version::HTTP_10 => b" HTTP/1.0\r\n",
         _ => b" HTTP/1.1\r\n",
     });
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
     }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        let len = body.size_hint().exact().unwrap_or(0);
-        if len > 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-            out.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+    match length {
+        None => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Some(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {}
+        Some(len) => {
+            if len > 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                codec::put_field(out, "content-length", len);
+            }
         }
     }
-    out.extend_from_slice(b"\r\n");
-    out
+    out.put_slice(b"\r\n");
 }
 
 /// Writes the request and reads up to the end of the final response head (interim `1xx`
 /// answers other than `101` are skipped). `buf` keeps what was read past the head.
 async fn send<B>(
     stream: &mut TcpStream,
-    head: &[u8],
     body: Option<B>,
-    chunked: bool,
+    length: Option<u64>,
     head_request: bool,
     buf: &mut BytesMut,
 ) -> io::Result<(Response<()>, Framing)>
@@ -226,7 +231,12 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
 {
-    stream.write_all(head).await?;
+    if let Err(e) = stream.write_all_buf(buf).await {
+        // Nothing of an answer is in the buffer: the caller may retry.
+        buf.clear();
+        return Err(e);
+    }
+    let chunked = length.is_none();
     if let Some(mut body) = body {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| io::Error::other(e.into()))?;
@@ -289,8 +299,8 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let fields = Fields::of(parsed.headers, buf)?;
-    *resp.headers_mut() = fields.take(buf, len)?;
+    let fields = Fields::of(parsed.headers, buf);
+    *resp.headers_mut() = fields.take(buf, len)?.0;
     Ok(Some(resp))
 }
 
@@ -353,7 +363,8 @@ impl Upstream {
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take() {
             if self.reusable && self.buf.is_empty() {
-                self.pool.put(self.addr, stream);
+                self.pool
+                    .put(self.addr, stream, std::mem::take(&mut self.buf));
             }
         }
     }
@@ -532,7 +543,7 @@ mod tests {
         let (_, body) = fetch(&pool, addr, get(Method::GET)).await.ok().unwrap();
         assert_eq!(body, b"later");
         let _open = server.await.unwrap();
-        assert!(matches!(pool.take(addr), Some(Conn::Pooled(_))));
+        assert!(matches!(pool.take(addr), Some(Conn::Pooled(..))));
     }
 
     /// B9.12, B9.13: an answer without length runs to the backend's close and its connection is not reused;
@@ -618,7 +629,7 @@ mod tests {
             second
         });
         let pool = Arc::new(Backends::default());
-        let stale = Conn::Pooled(connect(addr).await.unwrap());
+        let stale = Conn::Pooled(connect(addr).await.unwrap(), BytesMut::new());
         let resp = pool
             .clone()
             .exchange(addr, stale, get(Method::GET), Duration::from_secs(5))
@@ -633,11 +644,11 @@ mod tests {
         for _ in 0..100 {
             // The runtime learns of the close when its driver turns.
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let Some(Conn::Pooled(s)) = pool.take(addr) else {
+            let Some(Conn::Pooled(s, buf)) = pool.take(addr) else {
                 handed_out = false;
                 break;
             };
-            pool.put(addr, s);
+            pool.put(addr, s, buf);
         }
         assert!(!handed_out);
     }

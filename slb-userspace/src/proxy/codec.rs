@@ -1,11 +1,8 @@
 //! HTTP/1.x message pieces both sides of the proxy use (RFC 9112): header fields taken from a
 //! parsed head without copying their values, body framing and its decoder, chunk encoding.
-use std::{
-    io::{self, ErrorKind},
-    ops::Range,
-};
+use std::io::{self, ErrorKind};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut as _, Bytes, BytesMut};
 use hyper::{
     body::SizeHint,
     header::{HeaderName, HeaderValue},
@@ -23,32 +20,64 @@ pub fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, what.to_string())
 }
 
-/// The fields httparse found in a head: names, and where each value is in the head's bytes.
-pub struct Fields(Vec<(HeaderName, Range<usize>)>);
+/// Fields a proxy adds to a message (X-Forwarded-*, SLB-*, a cookie), room for which is made
+/// up front.
+const ADDED_FIELDS: usize = 8;
+
+/// Where the fields httparse found are in a head's bytes: name and value offsets and lengths.
+/// Kept on the stack; a head holds at most [`MAX_FIELDS`].
+pub struct Fields {
+    spans: [[u32; 4]; MAX_FIELDS],
+    count: usize,
+}
 
 impl Fields {
-    pub fn of(parsed: &[httparse::Header<'_>], buf: &[u8]) -> io::Result<Fields> {
+    pub fn of(parsed: &[httparse::Header<'_>], buf: &[u8]) -> Fields {
         let start = buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(parsed.len());
-        for f in parsed {
-            let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(invalid)?;
-            let at = f.value.as_ptr() as usize - start;
-            spans.push((name, at..at + f.value.len()));
+        let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
+        let mut spans = [[0; 4]; MAX_FIELDS];
+        for (span, f) in spans.iter_mut().zip(parsed) {
+            let name = f.name.as_bytes();
+            *span = [
+                at(name),
+                name.len() as u32,
+                at(f.value),
+                f.value.len() as u32,
+            ];
         }
-        Ok(Fields(spans))
+        Fields {
+            spans,
+            count: parsed.len().min(MAX_FIELDS),
+        }
     }
 
-    /// Takes the head, its first `len` bytes, off `buf`. The values share the head's bytes
-    /// rather than each taking a copy.
-    pub fn take(self, buf: &mut BytesMut, len: usize) -> io::Result<HeaderMap> {
+    /// Takes the head, its first `len` bytes, off `buf`, and returns its fields and bytes. The
+    /// values share the head's bytes rather than each taking a copy.
+    pub fn take(self, buf: &mut BytesMut, len: usize) -> io::Result<(HeaderMap, Bytes)> {
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(self.0.len());
-        for (name, span) in self.0 {
-            let value = HeaderValue::from_maybe_shared(head.slice(span)).map_err(invalid)?;
-            headers.append(name, value);
+        let mut headers = HeaderMap::with_capacity(self.count + ADDED_FIELDS);
+        for [name_at, name_len, value_at, value_len] in &self.spans[..self.count] {
+            let (name_at, value_at) = (*name_at as usize, *value_at as usize);
+            let name = &head[name_at..name_at + *name_len as usize];
+            let name = HeaderName::from_bytes(name).map_err(invalid)?;
+            let value = head.slice(value_at..value_at + *value_len as usize);
+            headers.append(
+                name,
+                HeaderValue::from_maybe_shared(value).map_err(invalid)?,
+            );
         }
-        Ok(headers)
+        Ok((headers, head))
     }
+}
+
+/// Appends `name: value` and its CRLF.
+pub fn put_field(out: &mut BytesMut, name: &str, value: impl std::fmt::Display) {
+    use std::fmt::Write as _;
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    // Formatted in place; BytesMut grows as needed, so this cannot fail.
+    let _ = write!(out, "{value}");
+    out.put_slice(b"\r\n");
 }
 
 /// One chunk of a chunked body: size line, data and CRLF, for one vectored write.

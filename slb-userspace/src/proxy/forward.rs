@@ -19,6 +19,7 @@ use hyper::{
         self, HeaderName, HeaderValue, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
         SEC_WEBSOCKET_PROTOCOL,
     },
+    http::uri::PathAndQuery,
     HeaderMap, Method, Request, Response, StatusCode, Version,
 };
 use tokio::{
@@ -110,18 +111,21 @@ pub fn list_items(headers: &HeaderMap, name: HeaderName) -> impl DoubleEndedIter
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too; Connection itself goes with the rest.
-    remove_where(headers, |headers, k| {
-        k != header::CONNECTION
-            && list_items(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(k.as_str()))
-    });
-    remove_where(headers, |_, k| HOP_BY_HOP.contains(k));
+    // Fields that Connection names are hop-by-hop too; `close` and `keep-alive` name none.
+    let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    remove_where(headers, |k| HOP_BY_HOP.contains(k));
 }
 
 /// Removes the fields `pick` chooses. Scanning the few fields a message has costs less than a
 /// hashed removal of every name it might carry, and most messages carry none of them.
-fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&HeaderMap, &HeaderName) -> bool) {
-    while let Some(name) = headers.keys().find(|k| pick(headers, k)).cloned() {
+fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = headers.keys().find(|k| pick(k)).cloned() {
         headers.remove(name);
     }
 }
@@ -164,12 +168,12 @@ fn connect_accepted(backend: &HeaderMap) -> Response<Body> {
 }
 
 /// The request's host: the Host header, or the HTTP/2 authority.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// The request as the backend gets it: HTTP/1.1 for 1.1 and 2 clients, 1.0 otherwise (B9.13),
@@ -216,7 +220,7 @@ fn backend_request<B>(
             }
         }
     }
-    remove_where(headers, |_, k| OWN.contains(k));
+    remove_where(headers, |k| OWN.contains(k));
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
             HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok()
@@ -365,7 +369,8 @@ where
         path: req
             .uri()
             .path_and_query()
-            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         version: match req.version() {
             Version::HTTP_2 => "2",
             Version::HTTP_11 => "1.1",
@@ -382,8 +387,8 @@ where
         &route,
         &client,
         &shared,
-        record.host.as_deref(),
-        &record.path,
+        record.host.as_ref().and_then(|h| h.to_str().ok()),
+        record.path.as_str(),
     )
     .await;
     record.backend = backend;
@@ -414,23 +419,29 @@ where
     let group = rules::select(&route.http.rules, host, req.uri().path())
         .and_then(|rule| route.http.rules.iter().position(|r| std::ptr::eq(r, rule)));
     let pool = route.pool(group);
-    let mut order = pool.order(|m| route.usable(m));
-    if order.is_empty() {
+    let usable = |i: &usize| {
+        let m = &pool.members[*i];
+        m.weight > 0 && route.usable(m)
+    };
+    let sticky = &route.http.sticky_session;
+    let wanted = sticky::requested(sticky, req.headers_mut());
+    // B6.8: a cookie for a backend that is gone or unusable is ignored.
+    let pinned = wanted.as_deref().and_then(|t| {
+        (0..pool.members.len()).find(|i| sticky::token(pool.addr(*i)) == t && usable(i))
+    });
+    let mut order = pinned
+        .into_iter()
+        .chain(
+            pool.order(|m| route.usable(m))
+                .filter(move |i| Some(*i) != pinned),
+        )
+        .peekable();
+    if order.peek().is_none() {
         let r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 no backend available\n",
         );
         return (r, None, None);
-    }
-    let sticky = &route.http.sticky_session;
-    let wanted = sticky::requested(sticky, req.headers_mut());
-    // B6.8: a cookie for a backend that is gone or unusable is ignored.
-    if let Some(at) = wanted
-        .as_deref()
-        .and_then(|t| order.iter().position(|i| sticky::token(pool.addr(*i)) == t))
-    {
-        let pinned = order.remove(at);
-        order.insert(0, pinned);
     }
     let upgrade = upgrade_of(&req);
     let http2 = req.version() == Version::HTTP_2;

@@ -24,6 +24,7 @@ use hyper::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf},
     sync::{oneshot, watch},
+    time::Instant,
 };
 
 use super::{
@@ -149,8 +150,15 @@ impl<S> Drop for ClientBody<S> {
 
 /// Serves HTTP/1.x requests on `io` with `handle` until the client closes, stays idle for
 /// `idle`, reaches the request limit, or `stop` changes (in-flight requests finish first).
-pub async fn serve<S, H, F>(io: S, idle: Duration, mut stop: watch::Receiver<bool>, mut handle: H)
-where
+/// `close_notify`: end the stream with a shutdown (TLS needs it for session reuse, B10.21;
+/// TCP's close sends its FIN anyway).
+pub async fn serve<S, H, F>(
+    io: S,
+    idle: Duration,
+    close_notify: bool,
+    mut stop: watch::Receiver<bool>,
+    mut handle: H,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: FnMut(Request<ClientBody<S>>) -> F,
     F: Future<Output = Answer>,
@@ -162,21 +170,36 @@ where
     });
     let mut out = BytesMut::new();
     let mut served = 0;
-    let end = loop {
+    // One wait for the stop per connection rather than one per request.
+    let stopped = stop.clone();
+    let mut stopping = std::pin::pin!(stop.changed());
+    // B9.7: the next head within IdleTimeout of the last answer. One timer per connection,
+    // moved only when it fires early, rather than one set and cancelled per request.
+    let mut idle_since = Instant::now();
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle));
+    let end = 'requests: loop {
         let Some(mut r) = reader.take() else {
             break Ok(End::Close);
         };
-        // B9.7: the next head within IdleTimeout of the last answer. Stopping closes a
-        // connection that waits for its next request.
+        // Stopping closes a connection that waits for its next request.
         let waiting = r.buf.is_empty();
-        let head = tokio::select! {
-            h = tokio::time::timeout(idle, r.head()) => h,
-            _ = stop.changed(), if waiting => break Ok(End::Close),
+        let head = loop {
+            tokio::select! {
+                h = r.head() => break h,
+                _ = &mut stopping, if waiting => break 'requests Ok(End::Close),
+                () = &mut idle_timer => {
+                    let due = idle_since + idle;
+                    if Instant::now() >= due {
+                        break 'requests Ok(End::Close);
+                    }
+                    idle_timer.as_mut().reset(due);
+                }
+            }
         };
         let mut parts = match head {
-            Ok(Ok(Some(parts))) => parts,
-            Err(_) | Ok(Ok(None)) | Ok(Err(Refused::Gone)) => break Ok(End::Close),
-            Ok(Err(Refused::Status(status))) => break Ok(End::Refuse(status)),
+            Ok(Some(parts)) => parts,
+            Ok(None) | Err(Refused::Gone) => break Ok(End::Close),
+            Err(Refused::Status(status)) => break Ok(End::Refuse(status)),
         };
         served += 1;
         let framing = match request_framing(&parts) {
@@ -216,7 +239,7 @@ where
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(tunnel)) = (resp.status(), tunnel) {
             break Ok(End::Tunnel(Box::new((resp, tunnel))));
         }
-        let mut close = !keep_alive || *stop.borrow_and_update();
+        let mut close = !keep_alive || *stopped.borrow();
         match respond(&mut write, &mut out, resp, head_request, version, close).await {
             Ok(complete) => close |= !complete,
             Err(e) => break Err(e),
@@ -235,9 +258,11 @@ where
         if close {
             break Ok(End::Close);
         }
+        idle_since = Instant::now();
     };
     let result = match end {
-        Ok(End::Close) => write.shutdown().await,
+        Ok(End::Close) if close_notify => write.shutdown().await,
+        Ok(End::Close) => Ok(()),
         Ok(End::Refuse(status)) => refuse(&mut write, status).await,
         Ok(End::Tunnel(upgrade)) => match reader {
             Some(Reader { io, buf }) => {
@@ -309,13 +334,18 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<request::Parts>, Refused> {
     };
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()).map_err(bad)?;
-    parts.uri = Uri::try_from(parsed.path.unwrap_or("")).map_err(bad)?;
     parts.version = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let fields = Fields::of(parsed.headers, buf).map_err(bad)?;
-    parts.headers = fields.take(buf, len).map_err(bad)?;
+    let target = parsed.path.unwrap_or("");
+    let at = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = at..at + target.len();
+    let fields = Fields::of(parsed.headers, buf);
+    let head;
+    (parts.headers, head) = fields.take(buf, len).map_err(bad)?;
+    // Shares the head's bytes, as the field values do.
+    parts.uri = Uri::from_maybe_shared(head.slice(target)).map_err(bad)?;
     Ok(Some(parts))
 }
 
@@ -419,9 +449,7 @@ async fn respond<W: AsyncWrite + Unpin>(
         .filter(|n| *n > 0);
     match (&sending, head_length.as_ref()) {
         (Sending::Length(n), _) | (Sending::Nothing, Some(n)) => {
-            out.put_slice(b"content-length: ");
-            out.put_slice(n.to_string().as_bytes());
-            out.put_slice(b"\r\n");
+            codec::put_field(out, "content-length", n);
         }
         (Sending::Chunked, _) => out.put_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
@@ -573,41 +601,49 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(stream, idle, stopped.clone(), |req| async move {
-                    let (parts, body) = req.into_parts();
-                    let target = parts.uri.to_string();
-                    let resp = match target.as_str() {
-                        "/ignore" => {
-                            drop(body);
-                            let mut r = Response::new(
-                                Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
-                            );
-                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                            r
-                        }
-                        "/unsized" => Response::new(Unsized(Some(Bytes::from("streamed"))).boxed()),
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            Response::new(
-                                Full::new(Bytes::from("slow"))
-                                    .map_err(|n| match n {})
-                                    .boxed(),
-                            )
-                        }
-                        _ => {
-                            let data = body.collect().await.unwrap().to_bytes();
-                            let text = format!(
-                                "{} {target} {}",
-                                parts.method,
-                                String::from_utf8_lossy(&data)
-                            );
-                            Response::new(
-                                Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed(),
-                            )
-                        }
-                    };
-                    (resp, None)
-                }));
+                tokio::spawn(serve(
+                    stream,
+                    idle,
+                    false,
+                    stopped.clone(),
+                    |req| async move {
+                        let (parts, body) = req.into_parts();
+                        let target = parts.uri.to_string();
+                        let resp = match target.as_str() {
+                            "/ignore" => {
+                                drop(body);
+                                let mut r = Response::new(
+                                    Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+                                );
+                                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                                r
+                            }
+                            "/unsized" => {
+                                Response::new(Unsized(Some(Bytes::from("streamed"))).boxed())
+                            }
+                            "/slow" => {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                Response::new(
+                                    Full::new(Bytes::from("slow"))
+                                        .map_err(|n| match n {})
+                                        .boxed(),
+                                )
+                            }
+                            _ => {
+                                let data = body.collect().await.unwrap().to_bytes();
+                                let text = format!(
+                                    "{} {target} {}",
+                                    parts.method,
+                                    String::from_utf8_lossy(&data)
+                                );
+                                Response::new(
+                                    Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed(),
+                                )
+                            }
+                        };
+                        (resp, None)
+                    },
+                ));
             }
         });
         (addr, stop)

@@ -311,7 +311,14 @@ impl Proxy {
                 errors.push(e);
                 continue;
             }
-            let listener = match listen(addr) {
+            // A socket per worker: the kernel hands each new connection to one of them, so a
+            // connection wakes one worker only (nginx's `reuseport`).
+            let listeners = match free(addr).and_then(|()| {
+                self.workers
+                    .iter()
+                    .map(|_| listen(addr))
+                    .collect::<std::io::Result<Vec<_>>>()
+            }) {
                 Ok(l) => l,
                 Err(source) => {
                     errors.push(ProxyError::Listen { addr, source });
@@ -321,15 +328,7 @@ impl Proxy {
             let scheme = route.scheme;
             let (route, route_rx) = watch::channel(Arc::new(route));
             let (stop, stop_rx) = watch::channel(false);
-            for w in &self.workers {
-                // Each worker watches its own descriptor of the one socket.
-                let listener = match listener.try_clone() {
-                    Ok(l) => l,
-                    Err(source) => {
-                        errors.push(ProxyError::Listen { addr, source });
-                        break;
-                    }
-                };
+            for (w, listener) in self.workers.iter().zip(listeners) {
                 w.handle.spawn(accept_loop(
                     listener,
                     route_rx.clone(),
@@ -455,14 +454,27 @@ fn local_route(verb: &str, vip: IpAddr) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// A listening socket, non-blocking, not yet tied to a runtime.
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     // A restarted agent binds again while the old connections are in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
+/// Fails when something listens on `addr` already. The workers' sockets share the port
+/// (`SO_REUSEPORT`), and so would another process's that set it too; a plain bind first
+/// reports such a port as in use instead of splitting its connections.
+fn free(addr: SocketAddr) -> std::io::Result<()> {
+    socket(addr)?.bind(addr)
+}
+
+/// A worker's listening socket, non-blocking, not yet tied to a runtime.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket(addr)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(4096)?.into_std()
 }
@@ -553,7 +565,7 @@ impl Connection {
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
         let Some(acceptor) = route.tls.clone() else {
-            return self.serve_http1(stream, idle).await;
+            return self.serve_http1(stream, idle, false).await;
         };
         let handshake = async {
             let ssl = Ssl::new(acceptor.context())?;
@@ -573,17 +585,17 @@ impl Connection {
         if tls.ssl().selected_alpn_protocol() == Some(b"h2") {
             self.serve_http2(TokioIo::new(tls), idle).await
         } else {
-            self.serve_http1(tls, idle).await
+            self.serve_http1(tls, idle, true).await
         }
     }
 
-    async fn serve_http1<S>(self, io: S, idle: Duration)
+    async fn serve_http1<S>(self, io: S, idle: Duration, close_notify: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let client = forward::Client::new(self.peer);
         let (route, shared) = (self.route, self.shared);
-        h1::serve(io, idle, self.stop, |req| {
+        h1::serve(io, idle, close_notify, self.stop, |req| {
             let route = route.borrow().clone();
             forward::handle(req, route, client.clone(), shared.clone())
         })
@@ -660,5 +672,23 @@ impl Connection {
         if let Err(e) = result {
             log::debug!("client {}: {e}", self.peer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workers share a port; a port something else listens on is reported in use.
+    #[tokio::test]
+    async fn workers_share_a_port_that_was_free() {
+        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = listen(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let taken = free(addr).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        drop((first, second));
+        free(addr).unwrap();
     }
 }

@@ -64,44 +64,39 @@ impl Pool {
     }
 
     /// The usable members in the order to try them: the scheduler's pick first, then the rest
-    /// for when a connection fails (B9.10). Empty when none is usable (B4.17).
-    pub fn order(&self, usable: impl Fn(&Member) -> bool) -> Vec<usize> {
-        let ok = |i: &usize| usable(&self.members[*i]);
-        match self.scheduler {
-            Scheduler::Wlc => {
-                let mut live: Vec<usize> = (0..self.members.len())
-                    .filter(|i| self.members[*i].weight > 0 && ok(i))
-                    .collect();
-                // Fewest in flight per unit of weight; ties keep configuration order.
-                live.sort_by_key(|i| {
-                    let load = self.active[*i].load(Ordering::Relaxed) as u64 + 1;
-                    load * 1_000_000 / u64::from(self.members[*i].weight)
-                });
-                live
-            }
-            _ => {
-                let n = self.sequence.len();
-                if n == 0 {
-                    return Vec::new();
-                }
-                // Unusable entries are passed over; the next usable one in the sequence
-                // takes the request.
-                let mut out: Vec<usize> = Vec::new();
-                for _ in 0..n {
-                    let i = self.sequence[self.cursor.fetch_add(1, Ordering::Relaxed) % n];
-                    if ok(&i) {
-                        out.push(i);
-                        break;
-                    }
-                }
-                let first = out.first().copied();
-                out.extend(
-                    (0..self.members.len())
-                        .filter(|i| Some(*i) != first && self.members[*i].weight > 0 && ok(i)),
-                );
-                out
-            }
+    /// for when a connection fails (B9.10); nothing when none is usable (B4.17). The rest are
+    /// looked at only if asked for, so the common request checks one member.
+    pub fn order<'a>(
+        &'a self,
+        usable: impl Fn(&Member) -> bool + 'a,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let ok = move |i: &usize| self.members[*i].weight > 0 && usable(&self.members[*i]);
+        let wlc = self.scheduler == Scheduler::Wlc;
+        // wlc: fewest in flight per unit of weight; ties keep configuration order.
+        let mut by_load: Vec<usize> = Vec::new();
+        if wlc {
+            by_load.extend((0..self.members.len()).filter(|i| self.members[*i].weight > 0));
+            by_load.sort_by_key(|i| {
+                let load = self.active[*i].load(Ordering::Relaxed) as u64 + 1;
+                load * 1_000_000 / u64::from(self.members[*i].weight)
+            });
         }
+        // wrr/rr: the next usable entry of the sequence; unusable ones are passed over.
+        let n = self.sequence.len();
+        let first = (!wlc && n > 0)
+            .then(|| {
+                (0..n)
+                    .map(|_| self.sequence[self.cursor.fetch_add(1, Ordering::Relaxed) % n])
+                    .find(&ok)
+            })
+            .flatten();
+        let rest = (0..self.members.len()).filter(move |_| !wlc);
+        first.into_iter().chain(
+            by_load
+                .into_iter()
+                .chain(rest)
+                .filter(move |i| Some(*i) != first && ok(i)),
+        )
     }
 
     /// Counts a request to `index` until the returned guard is dropped.
@@ -134,8 +129,8 @@ mod tests {
     fn firsts(p: &Pool, n: usize, usable: impl Fn(&Member) -> bool + Copy) -> Vec<usize> {
         let mut counts = vec![0; p.members.len()];
         for _ in 0..n {
-            if let Some(i) = p.order(usable).first() {
-                counts[*i] += 1;
+            if let Some(i) = p.order(usable).next() {
+                counts[i] += 1;
             }
         }
         counts
@@ -152,13 +147,12 @@ mod tests {
     #[test]
     fn rr_in_turn_skipping_unusable() {
         let p = pool(&[100, 1, 0, 50], Scheduler::Rr);
-        let order: Vec<usize> = (0..6).map(|_| p.order(|_| true)[0]).collect();
+        let order: Vec<usize> = (0..6).filter_map(|_| p.order(|_| true).next()).collect();
         assert_eq!(order, vec![0, 1, 3, 0, 1, 3]);
         assert_eq!(firsts(&p, 30, |m| m.server_id != "s1"), vec![15, 0, 0, 15]);
         // The retry order lists every other usable member once.
-        let o = p.order(|_| true);
-        assert_eq!(o.len(), 3);
-        assert!(p.order(|_| false).is_empty(), "B4.17: nothing usable");
+        assert_eq!(p.order(|_| true).count(), 3);
+        assert_eq!(p.order(|_| false).next(), None, "B4.17: nothing usable");
     }
 
     /// B5.3: with equal weights the member with fewer requests in flight is chosen.
@@ -166,12 +160,12 @@ mod tests {
     fn wlc_prefers_fewer_in_flight_per_weight() {
         let p = pool(&[100, 100, 50], Scheduler::Wlc);
         let busy = p.start(0);
-        assert_eq!(p.order(|_| true)[0], 1);
+        assert_eq!(p.order(|_| true).next(), Some(1));
         let busy1 = p.start(1);
         let busy1b = p.start(1);
         // 0: 2/100, 1: 3/100, 2: 1/50 → 0 and 2 tie; configuration order decides.
-        assert_eq!(p.order(|_| true)[0], 0);
+        assert_eq!(p.order(|_| true).next(), Some(0));
         drop((busy, busy1, busy1b));
-        assert_eq!(p.order(|_| true)[0], 0);
+        assert_eq!(p.order(|_| true).next(), Some(0));
     }
 }
