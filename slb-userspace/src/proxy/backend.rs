@@ -368,17 +368,6 @@ impl Upstream {
             }
         }
     }
-
-    /// Reads more from the backend; `Ok(0)` at its end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(stream) = &mut self.stream else {
-            return Poll::Ready(Ok(0));
-        };
-        self.buf.reserve(READ_SIZE);
-        // A read that fills less than it asked for tells the runtime the socket is drained, so
-        // that `quiet` sees the connection idle once it is back in the pool.
-        std::pin::pin!(stream.read_buf(&mut self.buf)).poll(cx)
-    }
 }
 
 impl Body for Upstream {
@@ -389,23 +378,30 @@ impl Body for Upstream {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            let this = &mut *self;
-            if let Some(data) = this.framing.next_data(&mut this.buf)? {
-                if this.framing.done() {
-                    this.finish();
-                }
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+        let this = &mut *self;
+        let stream = &mut this.stream;
+        let polled = ready!(codec::poll_data(
+            &mut this.framing,
+            &mut this.buf,
+            cx,
+            |buf, cx| {
+                let Some(stream) = stream else {
+                    return Poll::Ready(Ok(0));
+                };
+                buf.reserve(READ_SIZE);
+                // A read that fills less than it asked for tells the runtime the socket is
+                // drained, so that `quiet` sees the connection idle once it is back in the pool.
+                std::pin::pin!(stream.read_buf(buf)).poll(cx)
             }
-            if this.framing.done() {
-                this.finish();
-                return Poll::Ready(None);
-            }
-            if ready!(this.poll_fill(cx))? == 0 {
-                this.framing.at_eof()?;
-                return Poll::Ready(None);
-            }
+        ));
+        if this.framing.done() {
+            this.finish();
         }
+        Poll::Ready(
+            polled
+                .transpose()
+                .map(|r| r.map(Frame::data).map_err(Into::into)),
+        )
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,6 +1,9 @@
 //! HTTP/1.x message pieces both sides of the proxy use (RFC 9112): header fields taken from a
 //! parsed head without copying their values, body framing and its decoder, chunk encoding.
-use std::io::{self, ErrorKind};
+use std::{
+    io::{self, ErrorKind},
+    task::{ready, Context, Poll},
+};
 
 use bytes::{Buf, BufMut as _, Bytes, BytesMut};
 use hyper::{
@@ -168,6 +171,29 @@ impl Framing {
                 }
                 _ => return Ok(None),
             }
+        }
+    }
+}
+
+/// The next piece of a body framed by `framing`: from `buf`, else once `fill` has read more
+/// into it (`Ok(0)` at the peer's end of stream). `None` at the body's end; the peer closing
+/// first is an error unless the body is delimited by the close.
+pub fn poll_data(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    mut fill: impl FnMut(&mut BytesMut, &mut Context<'_>) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<Option<Bytes>>> {
+    loop {
+        if let Some(data) = framing.next_data(buf)? {
+            return Poll::Ready(Ok(Some(data)));
+        }
+        if framing.done() {
+            return Poll::Ready(Ok(None));
+        }
+        if ready!(fill(buf, cx))? == 0 {
+            framing.at_eof()?;
+            return Poll::Ready(Ok(None));
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::{
     cell::RefCell,
     future::{poll_fn, Future},
-    io::{self, ErrorKind},
+    io,
     mem::MaybeUninit,
     pin::Pin,
     task::{ready, Context, Poll},
@@ -48,13 +48,17 @@ struct Reader<S> {
     buf: BytesMut,
 }
 
-impl<S: AsyncRead> Reader<S> {
-    /// Reads more; `Ok(0)` at the client's end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_SIZE);
-        std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
-    }
+/// Reads more from the client; `Ok(0)` at its end of stream.
+fn fill<S: AsyncRead>(
+    io: &mut ReadHalf<S>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_SIZE);
+    std::pin::pin!(io.read_buf(buf)).poll(cx)
+}
 
+impl<S: AsyncRead> Reader<S> {
     /// The next request head; `None` when the client closed between requests.
     async fn head(&mut self) -> Result<Option<request::Parts>, Refused> {
         loop {
@@ -66,7 +70,7 @@ impl<S: AsyncRead> Reader<S> {
                     return Err(Refused::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
                 }
             }
-            match poll_fn(|cx| self.poll_fill(cx)).await {
+            match poll_fn(|cx| fill(&mut self.io, &mut self.buf, cx)).await {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(Refused::Gone),
                 Ok(_) => {}
@@ -111,24 +115,21 @@ impl<S: AsyncRead> hyper::body::Body for ClientBody<S> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            let Some((reader, framing)) = &mut self.reading else {
-                return Poll::Ready(None);
-            };
-            if let Some(data) = framing.next_data(&mut reader.buf)? {
-                if framing.done() {
-                    self.give_back();
-                }
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
-            if framing.done() {
-                self.give_back();
-                return Poll::Ready(None);
-            }
-            if ready!(reader.poll_fill(cx))? == 0 {
-                return Poll::Ready(Some(Err(io::Error::from(ErrorKind::UnexpectedEof).into())));
-            }
+        let Some((reader, framing)) = &mut self.reading else {
+            return Poll::Ready(None);
+        };
+        let Reader { io, buf } = reader;
+        let polled = ready!(codec::poll_data(framing, buf, cx, |buf, cx| {
+            fill(io, buf, cx)
+        }));
+        if framing.done() {
+            self.give_back();
         }
+        Poll::Ready(
+            polled
+                .transpose()
+                .map(|r| r.map(Frame::data).map_err(Into::into)),
+        )
     }
 
     fn is_end_stream(&self) -> bool {
@@ -538,7 +539,7 @@ async fn skip<S: AsyncRead>(r: &mut Reader<S>, framing: &mut Framing) -> io::Res
         if framing.done() {
             return Ok(true);
         }
-        if skipped > DRAIN_LIMIT || poll_fn(|cx| r.poll_fill(cx)).await? == 0 {
+        if skipped > DRAIN_LIMIT || poll_fn(|cx| fill(&mut r.io, &mut r.buf, cx)).await? == 0 {
             return Ok(false);
         }
     }

@@ -509,7 +509,7 @@ mod tests {
             let ssl = Ssl::new(&ctx).map_err(|e| e.to_string())?;
             let mut s = ssl.accept(stream).map_err(|e| e.to_string())?;
             s.write_all(b"x").map_err(|e| e.to_string())?;
-            // OpenSSL forgets the session of a connection closed without close_notify; hyper
+            // OpenSSL forgets the session of a connection closed without close_notify; the proxy
             // closes cleanly. The client may be gone already: close_notify is marked sent anyway.
             let _ = s.shutdown();
             let ssl = s.ssl();
