@@ -4,7 +4,7 @@
 //! `keepalive` and HAProxy's connection reuse do.
 use std::{
     collections::HashMap,
-    future::Future as _,
+    future::poll_fn,
     io::{self, ErrorKind},
     mem::MaybeUninit,
     net::SocketAddr,
@@ -22,13 +22,10 @@ use hyper::{
     http::request,
     Method, Request, Response, StatusCode, Version,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
-    codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
+    codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
     forward::{list_items, BodyError},
 };
 
@@ -200,12 +197,7 @@ fn encode_head(parts: &request::Parts, length: Option<u64>, out: &mut BytesMut) 
         Version::HTTP_10 => b" HTTP/1.0\r\n",
         _ => b" HTTP/1.1\r\n",
     });
-    for (name, value) in &parts.headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
+    codec::put_fields(out, &parts.headers);
     match length {
         None => out.put_slice(b"transfer-encoding: chunked\r\n"),
         Some(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {}
@@ -267,8 +259,7 @@ where
                     "response head too large",
                 ));
             }
-            buf.reserve(READ_SIZE);
-            if stream.read_buf(buf).await? == 0 {
+            if poll_fn(|cx| codec::fill(stream, buf, cx)).await? == 0 {
                 return Err(ErrorKind::UnexpectedEof.into());
             }
         };
@@ -379,29 +370,20 @@ impl Body for Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let stream = &mut this.stream;
-        let polled = ready!(codec::poll_data(
+        // The stream is gone only once the body ended (or became a tunnel).
+        let Some(stream) = &mut this.stream else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(codec::poll_frame(
             &mut this.framing,
             &mut this.buf,
-            cx,
-            |buf, cx| {
-                let Some(stream) = stream else {
-                    return Poll::Ready(Ok(0));
-                };
-                buf.reserve(READ_SIZE);
-                // A read that fills less than it asked for tells the runtime the socket is
-                // drained, so that `quiet` sees the connection idle once it is back in the pool.
-                std::pin::pin!(stream.read_buf(buf)).poll(cx)
-            }
+            stream,
+            cx
         ));
         if this.framing.done() {
             this.finish();
         }
-        Poll::Ready(
-            polled
-                .transpose()
-                .map(|r| r.map(Frame::data).map_err(Into::into)),
-        )
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -416,7 +398,10 @@ impl Body for Upstream {
 #[cfg(test)]
 mod tests {
     use http_body_util::{Empty, Full};
-    use tokio::{io::AsyncBufReadExt as _, net::TcpListener};
+    use tokio::{
+        io::{AsyncBufReadExt as _, AsyncReadExt as _},
+        net::TcpListener,
+    };
 
     use super::*;
 

@@ -1,16 +1,20 @@
 //! HTTP/1.x message pieces both sides of the proxy use (RFC 9112): header fields taken from a
 //! parsed head without copying their values, body framing and its decoder, chunk encoding.
 use std::{
+    future::Future as _,
     io::{self, ErrorKind},
     task::{ready, Context, Poll},
 };
 
 use bytes::{Buf, BufMut as _, Bytes, BytesMut};
 use hyper::{
-    body::SizeHint,
+    body::{Frame, SizeHint},
     header::{HeaderName, HeaderValue},
     HeaderMap,
 };
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+use super::forward::BodyError;
 
 /// A head larger than this, or with more fields, is refused, as nginx's `proxy_buffer_size`
 /// and `large_client_header_buffers` do.
@@ -70,6 +74,19 @@ impl Fields {
             );
         }
         Ok((headers, head))
+    }
+}
+
+/// Appends each `name: value` field and its CRLF.
+pub fn put_fields<'a>(
+    out: &mut BytesMut,
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    for (name, value) in fields {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
     }
 }
 
@@ -175,25 +192,37 @@ impl Framing {
     }
 }
 
-/// The next piece of a body framed by `framing`: from `buf`, else once `fill` has read more
-/// into it (`Ok(0)` at the peer's end of stream). `None` at the body's end; the peer closing
-/// first is an error unless the body is delimited by the close.
-pub fn poll_data(
-    framing: &mut Framing,
+/// Reads more from `io` into `buf`; `Ok(0)` at the peer's end of stream. A read that fills
+/// less than it asked for tells the runtime the socket is drained (a pooled backend connection
+/// then looks idle to `quiet`).
+pub fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
-    mut fill: impl FnMut(&mut BytesMut, &mut Context<'_>) -> Poll<io::Result<usize>>,
-) -> Poll<io::Result<Option<Bytes>>> {
+) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_SIZE);
+    std::pin::pin!(io.read_buf(buf)).poll(cx)
+}
+
+/// The next frame of a body framed by `framing`: from `buf`, else once more is read from `io`.
+/// `None` at the body's end; the peer closing first is an error unless the body is delimited
+/// by the close.
+pub fn poll_frame<R: AsyncRead + Unpin>(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+    io: &mut R,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
     loop {
         if let Some(data) = framing.next_data(buf)? {
-            return Poll::Ready(Ok(Some(data)));
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if framing.done() {
-            return Poll::Ready(Ok(None));
+            return Poll::Ready(None);
         }
-        if ready!(fill(buf, cx))? == 0 {
+        if ready!(fill(io, buf, cx))? == 0 {
             framing.at_eof()?;
-            return Poll::Ready(Ok(None));
+            return Poll::Ready(None);
         }
     }
 }

@@ -419,15 +419,12 @@ where
     let group = rules::select(&route.http.rules, host, req.uri().path())
         .and_then(|rule| route.http.rules.iter().position(|r| std::ptr::eq(r, rule)));
     let pool = route.pool(group);
-    let usable = |i: &usize| {
-        let m = &pool.members[*i];
-        m.weight > 0 && route.usable(m)
-    };
     let sticky = &route.http.sticky_session;
     let wanted = sticky::requested(sticky, req.headers_mut());
     // B6.8: a cookie for a backend that is gone or unusable is ignored.
     let pinned = wanted.as_deref().and_then(|t| {
-        (0..pool.members.len()).find(|i| sticky::token(pool.addr(*i)) == t && usable(i))
+        (0..pool.members.len())
+            .find(|i| sticky::token(pool.addr(*i)) == t && route.usable(&pool.members[*i]))
     });
     let mut order = pinned
         .into_iter()

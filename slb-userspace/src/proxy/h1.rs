@@ -22,13 +22,13 @@ use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadHalf},
     sync::{oneshot, watch},
     time::Instant,
 };
 
 use super::{
-    codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
+    codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
     forward::{list_items, Body, BodyError, Tunnel},
     MAX_REQUESTS_PER_CONNECTION,
 };
@@ -48,16 +48,6 @@ struct Reader<S> {
     buf: BytesMut,
 }
 
-/// Reads more from the client; `Ok(0)` at its end of stream.
-fn fill<S: AsyncRead>(
-    io: &mut ReadHalf<S>,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    buf.reserve(READ_SIZE);
-    std::pin::pin!(io.read_buf(buf)).poll(cx)
-}
-
 impl<S: AsyncRead> Reader<S> {
     /// The next request head; `None` when the client closed between requests.
     async fn head(&mut self) -> Result<Option<request::Parts>, Refused> {
@@ -70,7 +60,7 @@ impl<S: AsyncRead> Reader<S> {
                     return Err(Refused::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
                 }
             }
-            match poll_fn(|cx| fill(&mut self.io, &mut self.buf, cx)).await {
+            match poll_fn(|cx| codec::fill(&mut self.io, &mut self.buf, cx)).await {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(Refused::Gone),
                 Ok(_) => {}
@@ -118,18 +108,16 @@ impl<S: AsyncRead> hyper::body::Body for ClientBody<S> {
         let Some((reader, framing)) = &mut self.reading else {
             return Poll::Ready(None);
         };
-        let Reader { io, buf } = reader;
-        let polled = ready!(codec::poll_data(framing, buf, cx, |buf, cx| {
-            fill(io, buf, cx)
-        }));
+        let polled = ready!(codec::poll_frame(
+            framing,
+            &mut reader.buf,
+            &mut reader.io,
+            cx
+        ));
         if framing.done() {
             self.give_back();
         }
-        Poll::Ready(
-            polled
-                .transpose()
-                .map(|r| r.map(Frame::data).map_err(Into::into)),
-        )
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -249,10 +237,9 @@ pub async fn serve<S, H, F>(
             // The body comes back once the exchange is done with it; what is left unread is
             // skipped so that the next request can be found.
             reader = match tokio::time::timeout(idle, back).await {
-                Ok(Ok((mut r, mut framing))) => match drain(&mut r, &mut framing, idle).await {
-                    true => Some(r),
-                    false => None,
-                },
+                Ok(Ok((mut r, mut framing))) => {
+                    drain(&mut r, &mut framing, idle).await.then_some(r)
+                }
                 _ => None,
             };
         }
@@ -434,15 +421,12 @@ async fn respond<W: AsyncWrite + Unpin>(
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     let own_length = !matches!(sending, Sending::Nothing);
-    for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING || (own_length && name == header::CONTENT_LENGTH) {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
+    codec::put_fields(
+        out,
+        parts.headers.iter().filter(|(name, _)| {
+            *name != header::TRANSFER_ENCODING && !(own_length && *name == header::CONTENT_LENGTH)
+        }),
+    );
     // A HEAD answer without the field tells the length its GET would have, when known.
     let head_length = (head_request && !parts.headers.contains_key(header::CONTENT_LENGTH))
         .then(|| body.size_hint().exact())
@@ -539,7 +523,8 @@ async fn skip<S: AsyncRead>(r: &mut Reader<S>, framing: &mut Framing) -> io::Res
         if framing.done() {
             return Ok(true);
         }
-        if skipped > DRAIN_LIMIT || poll_fn(|cx| fill(&mut r.io, &mut r.buf, cx)).await? == 0 {
+        if skipped > DRAIN_LIMIT || poll_fn(|cx| codec::fill(&mut r.io, &mut r.buf, cx)).await? == 0
+        {
             return Ok(false);
         }
     }
@@ -571,7 +556,7 @@ mod tests {
 
     use http_body_util::{BodyExt as _, Full};
     use tokio::{
-        io::{AsyncBufReadExt as _, BufReader},
+        io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader},
         net::{TcpListener, TcpStream},
     };
 
@@ -703,6 +688,8 @@ mod tests {
         )
     }
 
+    /// RFC 9112 §9.3.2 pipelining, §6.2/§7.1 length and chunked bodies, RFC 9110 §10.1.1
+    /// `Expect: 100-continue`; B9.15: answers carry a `Date` the LB may set.
     #[tokio::test]
     async fn pipelined_requests_with_bodies_are_answered_in_order() {
         let (addr, _stop) = server(Duration::from_secs(5)).await;
@@ -735,6 +722,7 @@ mod tests {
         assert_eq!(read(&mut c).await.1, "PUT /d ok");
     }
 
+    /// B4.17's 503 for an upload leaves the keep-alive connection usable (RFC 9112 §9.3).
     #[tokio::test]
     async fn an_unread_body_is_skipped_and_the_connection_kept() {
         let (addr, _stop) = server(Duration::from_secs(5)).await;
@@ -747,6 +735,8 @@ mod tests {
         assert_eq!(read(&mut c).await.1, "GET /next ");
     }
 
+    /// B9.15: the LB may answer chunked; RFC 9112 §6.1/§9.3: HTTP/1.0 clients get no chunked
+    /// answer and keep-alive only when they ask for it; a HEAD answer carries its length.
     #[tokio::test]
     async fn framing_follows_the_client_version() {
         let (addr, _stop) = server(Duration::from_secs(5)).await;
@@ -797,6 +787,8 @@ mod tests {
         assert!(closed(&mut c).await);
     }
 
+    /// RFC 9112 §6.3: a request whose body length is ambiguous is refused with 400 and the
+    /// connection closed; RFC 6585 §5: 431 for too many or too large fields.
     #[tokio::test]
     async fn bad_heads_are_refused_and_closed() {
         let (addr, _stop) = server(Duration::from_secs(5)).await;
