@@ -60,7 +60,7 @@ impl Fields {
 
     /// Takes the head, its first `len` bytes, off `buf`, and returns its fields and bytes. The
     /// values share the head's bytes rather than each taking a copy.
-    pub fn take(self, buf: &mut BytesMut, len: usize) -> io::Result<(HeaderMap, Bytes)> {
+    pub fn take(&self, buf: &mut BytesMut, len: usize) -> io::Result<(HeaderMap, Bytes)> {
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(self.count + ADDED_FIELDS);
         for [name_at, name_len, value_at, value_len] in &self.spans[..self.count] {

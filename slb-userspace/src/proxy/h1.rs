@@ -22,19 +22,21 @@ use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadHalf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf, ReadHalf},
     sync::{oneshot, watch},
     time::Instant,
 };
 
 use super::{
-    codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
+    codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
     forward::{list_items, Body, BodyError, Tunnel},
     MAX_REQUESTS_PER_CONNECTION,
 };
 
 /// Response bytes gathered before a write; a larger piece of body data goes out as it is.
 const GATHER: usize = 16 * 1024;
+/// What an answer's head is given up front in the write buffer.
+const HEAD_ROOM: usize = 1024;
 /// An unread request body (a `503` for an upload, say) is read and dropped up to this much to
 /// keep the connection; beyond it the connection is closed.
 const DRAIN_LIMIT: u64 = 1 << 20;
@@ -60,7 +62,12 @@ impl<S: AsyncRead> Reader<S> {
                     return Err(Refused::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
                 }
             }
-            match poll_fn(|cx| codec::fill(&mut self.io, &mut self.buf, cx)).await {
+            let read = if self.buf.capacity() == 0 {
+                poll_fn(|cx| read_scratch(&mut self.io, &mut self.buf, cx)).await
+            } else {
+                poll_fn(|cx| codec::fill(&mut self.io, &mut self.buf, cx)).await
+            };
+            match read {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(Refused::Gone),
                 Ok(_) => {}
@@ -71,6 +78,25 @@ impl<S: AsyncRead> Reader<S> {
             }
         }
     }
+}
+
+/// Reads into the worker's scratch space and keeps only what came, so that a connection
+/// waiting for its next request holds no read buffer: 10,000 idle keep-alive connections
+/// would otherwise hold 10,000 buffers sized for a read.
+fn read_scratch<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    thread_local! {
+        static SCRATCH: RefCell<[u8; READ_SIZE]> = const { RefCell::new([0; READ_SIZE]) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
 }
 
 /// Why no request came.
@@ -172,6 +198,11 @@ pub async fn serve<S, H, F>(
         };
         // Stopping closes a connection that waits for its next request.
         let waiting = r.buf.is_empty();
+        if waiting {
+            // Waiting, the connection holds no buffers (see `read_scratch`).
+            r.buf = BytesMut::new();
+            out = BytesMut::new();
+        }
         let head = loop {
             tokio::select! {
                 h = r.head() => break h,
@@ -399,6 +430,8 @@ async fn respond<W: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
+    // Room for a usual head, rather than growing to it step by step.
+    out.reserve(HEAD_ROOM);
     let sending = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT

@@ -564,9 +564,16 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
-        let Some(acceptor) = route.tls.clone() else {
-            return self.serve_http1(stream, idle, false).await;
-        };
+        match route.tls.clone() {
+            None => self.serve_http1(stream, idle, false).await,
+            // Boxed: a task is as large as the largest path it may take, and the TLS and
+            // HTTP/2 paths are several times larger than the plain one that idle HTTP
+            // connections wait in.
+            Some(acceptor) => Box::pin(self.serve_tls(stream, acceptor, idle)).await,
+        }
+    }
+
+    async fn serve_tls(self, stream: TcpStream, acceptor: Arc<SslAcceptor>, idle: Duration) {
         let handshake = async {
             let ssl = Ssl::new(acceptor.context())?;
             let mut tls = tokio_openssl::SslStream::new(ssl, stream)?;
