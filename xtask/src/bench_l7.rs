@@ -3,20 +3,26 @@
 //! `bench/results/l7.json`.
 //!
 //! Lab `slbl7b-*` (n = 80, one backend): the client namespace runs the generators; `slbl7b-b1`
-//! runs nginx answering a fixed 64-byte body on :8080; `slbl7b-lb` runs slb, then nginx, then
-//! HAProxy on VIP:80 (HTTP) and VIP:443 (HTTPS, TLS 1.2 as `tls_cipher_policy_1_2`, RSA 2048),
-//! each with 2 workers, logging off, keep-alive to the backend where the proxy has it. Per
-//! proxy, in this order:
-//! 1. idle memory: the RSS of the proxy's processes before and after 10,000 HTTP keep-alive
-//!    connections (one request each, then idle), and the same over HTTPS, each on a freshly
-//!    started proxy;
-//! 2. wrk over HTTP, then HTTPS: keep-alive (64 connections), a new connection per request
+//! runs nginx answering a fixed 64-byte body on :8080; `slbl7b-lb` runs slb, nginx and HAProxy
+//! in turn on VIP:80 (HTTP) and VIP:443 (HTTPS, TLS 1.2 as `tls_cipher_policy_1_2`, RSA 2048),
+//! each with 2 workers, logging off, keep-alive to the backend where the proxy has it.
+//!
+//! First, once per proxy, idle memory: the RSS of the proxy's processes before and after 10,000
+//! HTTP keep-alive connections (one request each, then idle), and the same over HTTPS, each on
+//! a freshly started proxy; then whether the proxy resumes a session offered back to it.
+//!
+//! Then the load, in [`ROUNDS`] rounds. Each round runs wrk straight against the backend (the
+//! baseline of "latency added"), then starts each proxy fresh, measures it and stops it:
+//! 1. wrk over HTTP, then HTTPS: keep-alive (64 connections), a new connection per request
 //!    (`Connection: close`) and one keep-alive connection (unloaded latency); req/s, p50/p99
 //!    and the proxy's CPU over the window;
-//! 3. full TLS handshakes per second (`bench_l7_client.py`) and whether the proxy resumes a
-//!    session offered back to it.
+//! 2. full TLS handshakes per second (`bench_l7_client.py`).
 //!
-//! The same wrk runs straight against the backend are the baseline of "latency added".
+//! On a 2-core machine one run is noise (the same code measured three times gave slb / nginx
+//! per CPU-second 0.80, 0.96 and 1.14), so every figure reported is the median over the rounds,
+//! and the order of the proxies rotates from round to round, so that none always runs first or
+//! last. Error counts are summed over the rounds instead, so that an error in any round shows;
+//! each record keeps its per-round throughput and p99 under `rounds`.
 use std::{
     collections::HashMap,
     fs::File,
@@ -72,6 +78,8 @@ const CONNECTIONS: usize = 64;
 const WRK_THREADS: usize = 2;
 const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
+/// Rounds of the load part; every figure reported is the median over them.
+const ROUNDS: usize = 3;
 /// Idle keep-alive connections whose memory is measured, and the client threads opening them.
 const IDLE: usize = 10_000;
 const IDLE_OPENERS: usize = 8;
@@ -311,23 +319,53 @@ impl Bench {
         self.wait_serving(&[self.backend()], &mut || backend.alive())?;
         let backend_pids = process_tree(backend.pid())?;
 
-        println!("==> straight to the backend: wrk {WINDOW:?} per variant");
-        let url = format!("http://{}/", self.backend());
-        let mut direct = Map::new();
-        for load in Load::ALL {
-            direct.insert(load.key().into(), self.load_run(&url, load, &backend_pids)?);
-        }
-        let mut proxies = Map::new();
+        let mut proxies = json!({});
         for proxy in Proxy::ALL {
-            let mut results = self.measure_proxy(proxy)?;
-            for proto in ["http", "https"] {
-                for load in Load::ALL {
-                    add_latency_added(&mut results[proto][load.key()], &direct[load.key()]);
-                }
+            proxies[proxy.key()] = self.measure_once(proxy)?;
+        }
+        let url = format!("http://{}/", self.backend());
+        // Each round: `direct` and one entry per proxy, as load_run and measure_load give them.
+        let mut rounds = Vec::new();
+        for round in 0..ROUNDS {
+            println!(
+                "==> round {}/{ROUNDS}: straight to the backend: wrk {WINDOW:?} per variant",
+                round + 1
+            );
+            let mut direct = Map::new();
+            for load in Load::ALL {
+                direct.insert(load.key().into(), self.load_run(&url, load, &backend_pids)?);
             }
-            proxies.insert(proxy.key().into(), results);
+            let mut r = json!({ "direct": direct });
+            for i in 0..Proxy::ALL.len() {
+                let proxy = Proxy::ALL[(round + i) % Proxy::ALL.len()];
+                println!(
+                    "==> round {}/{ROUNDS}: {}: wrk over HTTP and HTTPS; TLS handshakes",
+                    round + 1,
+                    proxy.key()
+                );
+                r[proxy.key()] = self.measure_load(proxy)?;
+            }
+            rounds.push(r);
         }
         backend.stop()?;
+
+        let merged =
+            |path: &[&str]| merge_rounds(&rounds.iter().map(|r| at(r, path)).collect::<Vec<_>>());
+        let mut direct = json!({});
+        for load in Load::ALL {
+            direct[load.key()] = merged(&["direct", load.key()]);
+        }
+        for proxy in Proxy::ALL {
+            let results = &mut proxies[proxy.key()];
+            for proto in ["http", "https"] {
+                for load in Load::ALL {
+                    let mut record = merged(&[proxy.key(), proto, load.key()]);
+                    add_latency_added(&mut record, &direct[load.key()]);
+                    results[proto][load.key()] = record;
+                }
+            }
+            results["tls_handshakes"] = merged(&[proxy.key(), "tls_handshakes"]);
+        }
 
         let (slb, nginx, haproxy) = (&proxies["slb"], &proxies["nginx"], &proxies["haproxy"]);
         let verdicts = target_verdicts(slb, nginx);
@@ -365,7 +403,11 @@ impl Bench {
                  handshakes: Python ssl, {HANDSHAKE_THREADS} threads, TLS 1.2 \
                  ECDHE-RSA-AES128-GCM-SHA256, connect + handshake + close; no session is ever \
                  offered and every connection is checked with SSL_session_reused (the run fails \
-                 if one was resumed)",
+                 if one was resumed). Idle memory and resumes_sessions are measured once; the \
+                 load (wrk and TLS handshakes) in {ROUNDS} rounds, each straight to the backend \
+                 first, then every proxy freshly started, the proxies' order rotating from round \
+                 to round. Every figure is the median of the {ROUNDS} rounds, error counts their \
+                 sum; `rounds` in each record holds the per-round throughput and p99",
                 WARMUP.as_secs(),
                 WINDOW.as_secs()
             ),
@@ -374,6 +416,7 @@ impl Bench {
                  requests_per_cpu_s is the throughput per core it used. machine_cpu_busy is the \
                  whole machine's: generator, proxy and backend share its cores",
             "rlimit_nofile": self.nofile,
+            "rounds": ROUNDS,
             "versions": versions,
             "direct": direct,
             "proxies": proxies,
@@ -388,18 +431,30 @@ impl Bench {
         }))
     }
 
-    /// Three runs of the proxy: idle HTTP connections, idle HTTPS connections (each on a fresh
-    /// process, whose memory has not been shaped by earlier work), then the load.
-    fn measure_proxy(&self, proxy: Proxy) -> Result<Value> {
+    /// What is measured once: idle HTTP, then idle HTTPS connections, each on a freshly started
+    /// proxy (whose memory has not been shaped by earlier work); on the second, once they are
+    /// closed, whether it resumes a session offered back, and its number of processes.
+    fn measure_once(&self, proxy: Proxy) -> Result<Value> {
         println!(
-            "==> {}: {IDLE} idle HTTP, then HTTPS connections; wrk over HTTP and HTTPS; TLS handshakes",
+            "==> {}: {IDLE} idle HTTP, then HTTPS connections",
             proxy.key()
         );
-        let memory = json!({
-            "http": self.with_proxy(proxy, |pids| self.idle_memory(pids, HTTP_PORT, false))?,
-            "https": self.with_proxy(proxy, |pids| self.idle_memory(pids, HTTPS_PORT, true))?,
-        });
-        let mut results = self.with_proxy(proxy, |pids| {
+        let http = self.with_proxy(proxy, |pids| self.idle_memory(pids, HTTP_PORT, false))?;
+        self.with_proxy(proxy, |pids| {
+            let https = self.idle_memory(pids, HTTPS_PORT, true)?;
+            let vip = self.vip().to_string();
+            let resumed = self.client(&["resume", &vip, &HTTPS_PORT.to_string()])?;
+            Ok(json!({
+                "idle_memory": { "http": http, "https": https },
+                "resumes_sessions": resumed["resumed"],
+                "processes": pids.len(),
+            }))
+        })
+    }
+
+    /// One round's load on a freshly started proxy: wrk over HTTP and HTTPS, TLS handshakes.
+    fn measure_load(&self, proxy: Proxy) -> Result<Value> {
+        self.with_proxy(proxy, |pids| {
             let mut runs = Map::new();
             for (proto, port) in [("http", HTTP_PORT), ("https", HTTPS_PORT)] {
                 let url = format!("{proto}://{}/", SocketAddr::new(self.vip(), port));
@@ -410,14 +465,8 @@ impl Bench {
                 runs.insert(proto.into(), Value::Object(by_load));
             }
             runs.insert("tls_handshakes".into(), self.handshakes(pids)?);
-            let vip = self.vip().to_string();
-            let resumed = self.client(&["resume", &vip, &HTTPS_PORT.to_string()])?;
-            runs.insert("resumes_sessions".into(), resumed["resumed"].clone());
-            runs.insert("processes".into(), json!(pids.len()));
             Ok(Value::Object(runs))
-        })?;
-        results["idle_memory"] = memory;
-        Ok(results)
+        })
     }
 
     /// Starts `proxy`, runs `f` with its process IDs, stops it.
@@ -772,6 +821,72 @@ fn add_latency_added(run: &mut Value, direct: &Value) {
     }
 }
 
+/// The keys whose per-round values a merged record keeps under `rounds`, where it has them.
+const SPREAD: [&str; 5] = [
+    "requests_per_s",
+    "requests_per_cpu_s",
+    "handshakes_per_s",
+    "handshakes_per_cpu_s",
+    "p99_ms",
+];
+
+/// One case's records of every round (the same shape each) as one record: every number the
+/// median over the rounds; error counts (`errors`, and every nested object, such as wrk's
+/// errors by kind) summed, so that an error in any round shows; texts from the first round that
+/// has one. `rounds` keeps the per-round values of [`SPREAD`] for the spread.
+fn merge_rounds(records: &[&Value]) -> Value {
+    let Some(first) = records.first().and_then(|r| r.as_object()) else {
+        return Value::Null;
+    };
+    let sum = |vs: Vec<&Value>| json!(vs.iter().filter_map(|v| v.as_u64()).sum::<u64>());
+    let mut out = Map::new();
+    for key in first.keys() {
+        let all: Vec<&Value> = records.iter().map(|r| &r[key]).collect();
+        // A NaN was written as null, so the first round may have none where the others do.
+        let merged = match all.iter().find(|v| !v.is_null()) {
+            Some(Value::Object(kinds)) => kinds
+                .keys()
+                .map(|k| (k.clone(), sum(all.iter().map(|v| &v[k]).collect())))
+                .collect(),
+            Some(Value::Number(_)) if key == "errors" => sum(all),
+            Some(Value::Number(_)) => {
+                let m = median(all.iter().filter_map(|v| v.as_f64()).collect());
+                // Counts stay integers: the median of an odd number of them is one of them.
+                if all.iter().all(|v| v.is_u64()) && m.fract() == 0.0 {
+                    json!(m as u64)
+                } else {
+                    json!(m)
+                }
+            }
+            other => other.copied().cloned().unwrap_or_default(),
+        };
+        out.insert(key.clone(), merged);
+    }
+    let spread: Map<String, Value> = SPREAD
+        .iter()
+        .filter(|k| first.contains_key(**k))
+        .map(|k| {
+            (
+                k.to_string(),
+                records.iter().map(|r| r[*k].clone()).collect(),
+            )
+        })
+        .collect();
+    out.insert("rounds".into(), Value::Object(spread));
+    Value::Object(out)
+}
+
+/// The middle value, or the mean of the two middle ones; NaN for none.
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => xs[n / 2],
+        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
 /// What the ratios and the table compare: (JSON path in a proxy's results, table label, digits).
 const COMPARED: &[(&[&str], &str, usize)] = &[
     (
@@ -1000,9 +1115,14 @@ fn markdown(r: &Value) -> String {
         yes_no(&nginx["resumes_sessions"]),
         yes_no(&haproxy["resumes_sessions"]),
     ));
+    s.push_str(&format!(
+        "\nEach figure is the median of {} alternating rounds (the proxies' order rotates from \
+         round to round; idle memory and session resumption are measured once).\n",
+        r["rounds"]
+    ));
     let d = &r["direct"];
     s.push_str(&format!(
-        "\nStraight to the backend: keep-alive {:.0} req/s (p50 {:.2} / p99 {:.2} ms), new connection \
+        "Straight to the backend: keep-alive {:.0} req/s (p50 {:.2} / p99 {:.2} ms), new connection \
          {:.0} req/s (p50 {:.2} / p99 {:.2} ms), 1 connection p50 {:.3} / p99 {:.3} ms.\n",
         at(d, &["keepalive", "requests_per_s"]).as_f64().unwrap_or(f64::NAN),
         at(d, &["keepalive", "p50_ms"]).as_f64().unwrap_or(f64::NAN),
@@ -1031,7 +1151,10 @@ fn markdown(r: &Value) -> String {
         }
     }
     if !errors.is_empty() {
-        s.push_str(&format!("wrk errors: {}\n", errors.join("; ")));
+        s.push_str(&format!(
+            "wrk errors, summed over the rounds: {}\n",
+            errors.join("; ")
+        ));
     }
     s.push_str(&format!(
         "Target (per core, at least nginx's throughput and no worse p99): {}\n",
@@ -1270,4 +1393,82 @@ fn rss_kib(pids: &[u32]) -> Result<u64> {
             .with_context(|| format!("/proc/{pid}/status has no VmRSS"))?;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_none() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn merge_takes_medians_sums_errors_and_keeps_the_rounds() {
+        let round = |rps: f64, per_cpu: f64, p99: f64, requests: u64, timeouts: u64| {
+            json!({
+                "connections": 64,
+                "requests": requests,
+                "requests_per_s": rps,
+                "requests_per_cpu_s": per_cpu,
+                "p99_ms": p99,
+                "errors": { "connect": 0, "timeout": timeouts },
+                "note": "wrk",
+            })
+        };
+        let rounds = [
+            round(100.0, 80.0, 3.0, 500, 0),
+            round(120.0, 114.0, 1.0, 600, 2),
+            round(110.0, 96.0, 2.0, 550, 1),
+        ];
+        let m = merge_rounds(&rounds.iter().collect::<Vec<_>>());
+        assert_eq!(m["connections"], json!(64));
+        assert_eq!(m["requests"], json!(550));
+        assert_eq!(m["requests_per_s"], json!(110.0));
+        assert_eq!(m["requests_per_cpu_s"], json!(96.0));
+        assert_eq!(m["p99_ms"], json!(2.0));
+        assert_eq!(m["errors"], json!({ "connect": 0, "timeout": 3 }));
+        assert_eq!(m["note"], json!("wrk"));
+        assert_eq!(
+            m["rounds"],
+            json!({
+                "requests_per_s": [100.0, 120.0, 110.0],
+                "requests_per_cpu_s": [80.0, 114.0, 96.0],
+                "p99_ms": [3.0, 1.0, 2.0],
+            })
+        );
+    }
+
+    #[test]
+    fn merge_of_handshakes_sums_the_error_count_and_skips_nan() {
+        let round = |per_cpu: Value, errors: u64, first_error: Value| {
+            json!({
+                "handshakes_per_s": 900.0,
+                "handshakes_per_cpu_s": per_cpu,
+                "errors": errors,
+                "first_error": first_error,
+            })
+        };
+        let rounds = [
+            // A NaN throughput is written as null.
+            round(Value::Null, 0, Value::Null),
+            round(json!(1000.0), 1, json!("reset")),
+            round(json!(1200.0), 0, Value::Null),
+        ];
+        let m = merge_rounds(&rounds.iter().collect::<Vec<_>>());
+        assert_eq!(m["handshakes_per_cpu_s"], json!(1100.0));
+        assert_eq!(m["errors"], json!(1));
+        assert_eq!(m["first_error"], json!("reset"));
+        assert_eq!(
+            m["rounds"]["handshakes_per_cpu_s"],
+            json!([null, 1000.0, 1200.0])
+        );
+        assert_eq!(
+            m["rounds"]["handshakes_per_s"],
+            json!([900.0, 900.0, 900.0])
+        );
+    }
 }
