@@ -400,34 +400,34 @@ fn ipv6_tcp_through_xdp() -> anyhow::Result<()> {
     let agent = env.start(config::parse(&text, "v6.toml")?)?;
     let vip = SocketAddr::new(IpAddr::V6(env.lab.vip_v6()), 80);
     let client = IpAddr::V6(env.lab.client().v6);
-    let results = in_netns(&env.lab.client().ns, move || {
-        (0..60)
-            .map(|i| -> anyhow::Result<(String, SocketAddr)> {
-                let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))
-                    .with_context(|| format!("connection {i} of 60"))?;
-                greeting(&s)
-            })
-            .collect::<Vec<_>>()
-    })?;
+    let results = in_netns(
+        &env.lab.client().ns,
+        move || -> anyhow::Result<Vec<(String, SocketAddr)>> {
+            (0..60)
+                .map(|i| {
+                    let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))
+                        .with_context(|| format!("connection {i} of 60"))?;
+                    greeting(&s)
+                })
+                .collect()
+        },
+    )?
     // A rare timeout here is not understood yet: the neighbour tables are what the IPv6 path
     // has that the IPv4 one resolves differently, so a failure shows them.
-    let results = results
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map_err(|e| {
-            let neighbours = |ns: &str| {
-                std::process::Command::new("ip")
-                    .args(["-n", ns, "-6", "neigh"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            };
-            e.context(format!(
-                "IPv6 neighbours: LB\n{}client\n{}",
-                neighbours(env.lab.lb_ns()),
-                neighbours(&env.lab.client().ns)
-            ))
-        })?;
+    .map_err(|e| {
+        let neighbours = |ns: &str| {
+            std::process::Command::new("ip")
+                .args(["-n", ns, "-6", "neigh"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        e.context(format!(
+            "IPv6 neighbours: LB\n{}client\n{}",
+            neighbours(env.lab.lb_ns()),
+            neighbours(&env.lab.client().ns)
+        ))
+    })?;
     let mut names = std::collections::BTreeSet::new();
     for (name, peer) in &results {
         assert_eq!(peer.ip(), client, "backend saw {peer}");
