@@ -165,9 +165,23 @@ impl Lab {
             cmd::run(Command::new("ip").args(["netns", "add", ns]))?;
             ip(ns, &["link", "set", "lo", "up"])?;
         }
-        // The effective rp_filter is max(all, <iface>), and interfaces copy `default` when they
-        // are created, so setting both before the veths exist covers every interface. Strict
-        // reverse-path filtering would drop the asymmetric flows that XDP NAT creates.
+        // Interfaces copy `default` when they are created (or moved into a namespace), so
+        // setting it before the veths exist covers every interface.
+        // Without duplicate address detection every v6 address, link-local ones included, is
+        // usable as soon as its link is up: while the LB's link-local address is tentative the
+        // kernel sends no neighbour solicitation for a packet it forwards, so the first
+        // connection through XDP would wait ~2 s for its backend's MAC.
+        for ns in self.namespaces() {
+            set_sysctls(
+                ns,
+                &[
+                    ("net/ipv6/conf/all/accept_dad", "0"),
+                    ("net/ipv6/conf/default/accept_dad", "0"),
+                ],
+            )?;
+        }
+        // The effective rp_filter is max(all, <iface>); strict reverse-path filtering would
+        // drop the asymmetric flows that XDP NAT creates.
         set_sysctls(
             &self.lb_ns,
             &[
@@ -193,22 +207,13 @@ impl Lab {
             add.extend(queues);
             add.extend(["netns", &e.ns]);
             ip(lb, &add)?;
-            // `nodad`: otherwise the v6 addresses stay tentative (unusable, not bindable) for a
-            // second or two after the link comes up, and tests would race duplicate detection.
             ip(
                 lb,
                 &["addr", "add", &format!("{}/24", e.gateway_v4), "dev", lb_if],
             )?;
             ip(
                 lb,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/64", e.gateway_v6),
-                    "dev",
-                    lb_if,
-                    "nodad",
-                ],
+                &["addr", "add", &format!("{}/64", e.gateway_v6), "dev", lb_if],
             )?;
             ip(
                 &e.ns,
@@ -216,14 +221,7 @@ impl Lab {
             )?;
             ip(
                 &e.ns,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/64", e.v6),
-                    "dev",
-                    ep_if,
-                    "nodad",
-                ],
+                &["addr", "add", &format!("{}/64", e.v6), "dev", ep_if],
             )?;
             tune_veth(lb, lb_if)?;
             tune_veth(&e.ns, ep_if)?;
