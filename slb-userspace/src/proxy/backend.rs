@@ -26,7 +26,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
     codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
-    forward::{list_items, BodyError},
+    forward::{BodyError, HOP_BY_HOP},
 };
 
 /// The TCP handshake to a backend gives up after this and tries the next backend (B9.10).
@@ -139,11 +139,16 @@ impl Backends {
                 }
             }
         };
-        let (stream, buf, (resp, framing), version) = tokio::time::timeout(timeout, work)
+        let (stream, buf, head, version) = tokio::time::timeout(timeout, work)
             .await
             .unwrap_or(Err(Failure::Timeout))?;
+        let Head {
+            resp,
+            framing,
+            keeps_open,
+        } = head;
         // An HTTP/1.0 request asked the backend to close after its answer.
-        let reusable = version == Version::HTTP_11 && keeps_open(&resp, &framing);
+        let reusable = version == Version::HTTP_11 && keeps_open;
         let body = Upstream {
             stream: Some(stream),
             buf,
@@ -218,7 +223,7 @@ async fn send<B>(
     length: Option<u64>,
     head_request: bool,
     buf: &mut BytesMut,
-) -> io::Result<(Response<()>, Framing)>
+) -> io::Result<Head>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
@@ -249,9 +254,11 @@ where
         }
     }
     loop {
-        let resp = loop {
-            if let Some(resp) = parse_head(buf)? {
-                break resp;
+        let head = loop {
+            if !buf.is_empty() {
+                if let Some(head) = parse_head(buf, head_request)? {
+                    break head;
+                }
             }
             if buf.len() >= MAX_HEAD {
                 return Err(io::Error::new(
@@ -263,17 +270,26 @@ where
                 return Err(ErrorKind::UnexpectedEof.into());
             }
         };
-        let status = resp.status();
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            continue;
+        let status = head.resp.status();
+        if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(head);
         }
-        let framing = framing(&resp, head_request)?;
-        return Ok((resp, framing));
     }
 }
 
-/// Takes a complete response head off the front of `buf`, or `None` until more bytes come.
-fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
+/// A response head, and what its connection fields say.
+struct Head {
+    /// Without the hop-by-hop fields, unless it switches protocols: those are the client's.
+    resp: Response<()>,
+    framing: Framing,
+    /// HTTP/1.1 with a delimited body, no `Connection: close`, no protocol switch.
+    keeps_open: bool,
+}
+
+/// Takes a complete response head off the front of `buf`, or `None` until more bytes come. The
+/// connection fields are read from the parsed bytes and the hop-by-hop ones left out of the map
+/// (RFC 9110 §7.6.1): cheaper than building a map and then looking them up and removing them.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
     // Left uninitialised: most heads use a few of these.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -284,52 +300,76 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
-    let mut resp = Response::new(());
-    *resp.status_mut() = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(invalid)?;
-    *resp.version_mut() = match parsed.version {
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(invalid)?;
+    let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let fields = Fields::of(parsed.headers, buf);
-    *resp.headers_mut() = fields.take(buf, len)?.0;
-    Ok(Some(resp))
-}
-
-fn framing(resp: &Response<()>, head_request: bool) -> io::Result<Framing> {
-    let status = resp.status();
-    if head_request
+    let all = &*parsed.headers;
+    // One pass over the fields for what framing and reuse depend on.
+    let (mut coding, mut length, mut close, mut names_fields) = (None, None, false, false);
+    for f in all {
+        if f.name.eq_ignore_ascii_case("connection") {
+            for t in list(f.value) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                // `close` and `keep-alive` name no field.
+                names_fields |=
+                    !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = list(f.value).next_back();
+        } else if length.is_none() && f.name.eq_ignore_ascii_case("content-length") {
+            length = Some(f.value);
+        }
+    }
+    let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing::Length(0));
-    }
-    let headers = resp.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = list_items(headers, header::TRANSFER_ENCODING).next_back();
-        return Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        Framing::Length(0)
+    } else if let Some(coding) = coding {
+        if coding.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
-        });
-    }
-    match headers.get(header::CONTENT_LENGTH) {
-        Some(v) => v
-            .to_str()
+        }
+    } else if let Some(length) = length {
+        std::str::from_utf8(length)
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .map(Framing::Length)
-            .ok_or_else(|| invalid("bad content-length")),
-        None => Ok(Framing::Close),
-    }
+            .ok_or_else(|| invalid("bad content-length"))?
+    } else {
+        Framing::Close
+    };
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let keeps_open =
+        version == Version::HTTP_11 && !switching && !close && !matches!(framing, Framing::Close);
+    let hop = |f: &&httparse::Header<'_>| {
+        HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h))
+            || names_fields
+                && all
+                    .iter()
+                    .filter(|c| c.name.eq_ignore_ascii_case("connection"))
+                    .flat_map(|c| list(c.value))
+                    .any(|t| t.eq_ignore_ascii_case(f.name.as_bytes()))
+    };
+    let fields = Fields::of(all.iter().filter(|f| switching || !hop(f)), buf);
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = fields.take(buf, len)?.0;
+    Ok(Some(Head {
+        resp,
+        framing,
+        keeps_open,
+    }))
 }
 
-/// An HTTP/1.1 answer that keeps its connection open for HTTP, with a delimited body.
-fn keeps_open(resp: &Response<()>, framing: &Framing) -> bool {
-    resp.version() == Version::HTTP_11
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        && !matches!(framing, Framing::Close)
-        && !list_items(resp.headers(), header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"))
+/// The items of a comma-separated field value, trimmed.
+fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// A backend response's body, read from its connection as the client takes it.
@@ -654,5 +694,45 @@ mod tests {
             fetch(&pool, addr, get(Method::GET)).await,
             Err(Failure::Exchange)
         ));
+    }
+
+    /// RFC 9110 §7.6.1: a relayed answer carries none of the backend's hop-by-hop fields, nor
+    /// the fields its `Connection` names; a protocol switch keeps them all for the client.
+    #[test]
+    fn answers_lose_hop_by_hop_fields() {
+        let head = |text: &str| {
+            parse_head(&mut BytesMut::from(text), false)
+                .unwrap()
+                .unwrap()
+        };
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nTransfer-Encoding: gzip, chunked\r\nX-Keep: 2\r\n\r\n",
+        );
+        let names: Vec<&str> = h.resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-keep"]);
+        assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)));
+        assert!(h.keeps_open);
+
+        let h = head("HTTP/1.1 200 OK\r\nconnection: Close\r\nContent-Length: 3\r\n\r\n");
+        assert!(matches!(h.framing, Framing::Length(3)));
+        assert!(!h.keeps_open);
+        assert!(h.resp.headers().get(header::CONNECTION).is_none());
+
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        assert!(matches!(h.framing, Framing::Close));
+        assert!(!h.keeps_open);
+
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(h.resp.headers().len(), 2);
+        assert!(!h.keeps_open);
+
+        assert!(parse_head(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n"),
+            false
+        )
+        .is_err());
     }
 }

@@ -39,10 +39,14 @@ pub struct Fields {
 }
 
 impl Fields {
-    pub fn of(parsed: &[httparse::Header<'_>], buf: &[u8]) -> Fields {
+    pub fn of<'a>(
+        parsed: impl IntoIterator<Item = &'a httparse::Header<'a>>,
+        buf: &[u8],
+    ) -> Fields {
         let start = buf.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
         let mut spans = [[0; 4]; MAX_FIELDS];
+        let mut count = 0;
         for (span, f) in spans.iter_mut().zip(parsed) {
             let name = f.name.as_bytes();
             *span = [
@@ -51,11 +55,9 @@ impl Fields {
                 at(f.value),
                 f.value.len() as u32,
             ];
+            count += 1;
         }
-        Fields {
-            spans,
-            count: parsed.len().min(MAX_FIELDS),
-        }
+        Fields { spans, count }
     }
 
     /// Takes the head, its first `len` bytes, off `buf`, and returns its fields and bytes. The

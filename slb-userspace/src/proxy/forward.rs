@@ -37,16 +37,17 @@ pub type Body = BoxBody<Bytes, BodyError>;
 /// Why a body ended early: the client's or the backend's connection failed.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Headers that describe one hop's connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that describe one hop's connection, not the message (RFC 9110 §7.6.1), as
+/// `HeaderName::as_str` spells them.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 const SLB_ID: HeaderName = HeaderName::from_static("slb-id");
@@ -119,7 +120,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    remove_where(headers, |k| HOP_BY_HOP.contains(k));
+    remove_where(headers, |k| HOP_BY_HOP.contains(&k.as_str()));
 }
 
 /// Removes the fields `pick` chooses. Scanning the few fields a message has costs less than a
@@ -507,7 +508,6 @@ where
         };
         return (resp, Some(addr), tunnel);
     }
-    strip_hop_by_hop(&mut parts.headers);
     sticky::respond(
         sticky,
         parts.status,

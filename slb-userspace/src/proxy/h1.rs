@@ -360,7 +360,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<request::Parts>, Refused> {
     let target = parsed.path.unwrap_or("");
     let at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + target.len();
-    let fields = Fields::of(parsed.headers, buf);
+    let fields = Fields::of(parsed.headers.iter(), buf);
     let head;
     (parts.headers, head) = fields.take(buf, len).map_err(bad)?;
     // Shares the head's bytes, as the field values do.
