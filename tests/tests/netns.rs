@@ -379,10 +379,14 @@ fn ipv6_tcp_through_xdp() -> anyhow::Result<()> {
     // While the LB's link-local address is tentative the kernel solicits no neighbour for a
     // packet XDP passes up, and the first connection waits ~2 s for its backend's MAC.
     for ns in env.lab.namespaces() {
-        let out = std::process::Command::new("ip")
-            .args(["-n", ns, "-6", "addr", "show", "tentative"])
-            .output()?;
-        let tentative = String::from_utf8_lossy(&out.stdout);
+        let tentative = xtask::cmd::output(std::process::Command::new("ip").args([
+            "-n",
+            ns,
+            "-6",
+            "addr",
+            "show",
+            "tentative",
+        ]))?;
         assert!(
             tentative.is_empty(),
             "{ns} has tentative addresses:\n{tentative}"
