@@ -4,7 +4,7 @@
 //! `keepalive` and HAProxy's connection reuse do.
 use std::{
     collections::HashMap,
-    future::poll_fn,
+    future::{poll_fn, Future as _},
     io::{self, ErrorKind},
     mem::MaybeUninit,
     net::SocketAddr,
@@ -22,7 +22,11 @@ use hyper::{
     http::request,
     Method, Request, Response, StatusCode, Version,
 };
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::TcpStream,
+    time::{sleep_until, Sleep},
+};
 
 use super::{
     codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
@@ -39,9 +43,20 @@ const IDLE_LIFETIME: Duration = Duration::from_secs(4);
 
 /// A backend connection ready for one request.
 pub enum Conn {
-    /// Reused from the idle pool, with its read buffer; the backend may have closed it just now.
-    Pooled(TcpStream, BytesMut),
+    /// Reused from the idle pool; the backend may have closed it just now.
+    Pooled(Link),
     Fresh(TcpStream),
+}
+
+/// A backend connection with its read buffer and its `RequestTimeout` timer, which go into the
+/// pool with it. The timer stays registered between requests: moving a registered timer to a
+/// later deadline costs one compare-and-swap, where a timer per request is added to and taken
+/// out of the runtime's wheel each time. While the connection idles, its timer may wake the
+/// last request's task once, for nothing.
+pub struct Link {
+    stream: TcpStream,
+    buf: BytesMut,
+    timer: Pin<Box<Sleep>>,
 }
 
 /// How an exchange failed.
@@ -59,10 +74,9 @@ pub struct Backends {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
-/// A pooled connection, with its read buffer, and since when it waits.
+/// A pooled connection, and since when it waits.
 struct Idle {
-    stream: TcpStream,
-    buf: BytesMut,
+    link: Link,
     since: Instant,
 }
 
@@ -72,26 +86,22 @@ impl Backends {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < IDLE_LIFETIME && quiet(&idle.stream) {
-                return Some(Conn::Pooled(idle.stream, idle.buf));
+            if idle.since.elapsed() < IDLE_LIFETIME && quiet(&idle.link.stream) {
+                return Some(Conn::Pooled(idle.link));
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream, buf: BytesMut) {
+    fn put(&self, addr: SocketAddr, link: Link) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(addr).or_default();
         if list.len() >= MAX_IDLE {
-            list.retain(|i| now - i.since < IDLE_LIFETIME && quiet(&i.stream));
+            list.retain(|i| now - i.since < IDLE_LIFETIME && quiet(&i.link.stream));
         }
         if list.len() < MAX_IDLE {
-            list.push(Idle {
-                stream,
-                buf,
-                since: now,
-            });
+            list.push(Idle { link, since: now });
         }
     }
 
@@ -109,16 +119,20 @@ impl Backends {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
-        let work = async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A pooled connection's buffer is reused: the head is written from it, and the answer
+        // read into it.
+        let (mut stream, mut buf, mut timer, mut pooled) = match conn {
+            Conn::Pooled(mut link) => {
+                link.timer.as_mut().reset(deadline);
+                (link.stream, link.buf, link.timer, true)
+            }
+            Conn::Fresh(s) => (s, BytesMut::new(), Box::pin(sleep_until(deadline)), false),
+        };
+        let work = async move {
             let (parts, body) = req.into_parts();
             let length = body.size_hint().exact();
             let head_request = parts.method == Method::HEAD;
-            // A pooled connection's buffer is reused: the head is written from it, and the
-            // answer read into it.
-            let (mut stream, mut buf, mut pooled) = match conn {
-                Conn::Pooled(s, buf) => (s, buf, true),
-                Conn::Fresh(s) => (s, BytesMut::new(), false),
-            };
             let mut body = (!body.is_end_stream()).then_some(body);
             let has_body = body.is_some();
             loop {
@@ -141,9 +155,12 @@ impl Backends {
                 }
             }
         };
-        let (stream, buf, head, version) = tokio::time::timeout(timeout, work)
-            .await
-            .unwrap_or(Err(Failure::Timeout))?;
+        let mut work = std::pin::pin!(work);
+        let (stream, buf, head, version) = poll_fn(|cx| match work.as_mut().poll(cx) {
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Failure::Timeout)),
+            done => done,
+        })
+        .await?;
         let Head {
             resp,
             framing,
@@ -152,8 +169,7 @@ impl Backends {
         // An HTTP/1.0 request asked the backend to close after its answer.
         let reusable = version == Version::HTTP_11 && keeps_open;
         let body = Upstream {
-            stream: Some(stream),
-            buf,
+            link: Some(Link { stream, buf, timer }),
             framing,
             reusable,
             pool: self,
@@ -377,8 +393,7 @@ fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 /// A backend response's body, read from its connection as the client takes it.
 pub struct Upstream {
     /// `None` once the body ended and the connection went back to the pool or was closed.
-    stream: Option<TcpStream>,
-    buf: BytesMut,
+    link: Option<Link>,
     framing: Framing,
     reusable: bool,
     pool: Arc<Backends>,
@@ -388,16 +403,14 @@ pub struct Upstream {
 impl Upstream {
     /// The connection after a `101`, and what the backend sent past the head.
     pub fn into_tunnel(mut self) -> Option<(TcpStream, Bytes)> {
-        let buf = std::mem::take(&mut self.buf).freeze();
-        self.stream.take().map(|s| (s, buf))
+        self.link.take().map(|l| (l.stream, l.buf.freeze()))
     }
 
     /// The body ended: the connection goes back to the pool if it can take another request.
     fn finish(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            if self.reusable && self.buf.is_empty() {
-                self.pool
-                    .put(self.addr, stream, std::mem::take(&mut self.buf));
+        if let Some(link) = self.link.take() {
+            if self.reusable && link.buf.is_empty() {
+                self.pool.put(self.addr, link);
             }
         }
     }
@@ -412,14 +425,14 @@ impl Body for Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        // The stream is gone only once the body ended (or became a tunnel).
-        let Some(stream) = &mut this.stream else {
+        // The connection is gone only once the body ended (or became a tunnel).
+        let Some(link) = &mut this.link else {
             return Poll::Ready(None);
         };
         let polled = ready!(codec::poll_frame(
             &mut this.framing,
-            &mut this.buf,
-            stream,
+            &mut link.buf,
+            &mut link.stream,
             cx
         ));
         if this.framing.done() {
@@ -652,7 +665,11 @@ mod tests {
             second
         });
         let pool = Arc::new(Backends::default());
-        let stale = Conn::Pooled(connect(addr).await.unwrap(), BytesMut::new());
+        let stale = Conn::Pooled(Link {
+            stream: connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        });
         let resp = pool
             .clone()
             .exchange(addr, stale, get(Method::GET), Duration::from_secs(5))
@@ -667,13 +684,65 @@ mod tests {
         for _ in 0..100 {
             // The runtime learns of the close when its driver turns.
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let Some(Conn::Pooled(s, buf)) = pool.take(addr) else {
+            let Some(Conn::Pooled(link)) = pool.take(addr) else {
                 handed_out = false;
                 break;
             };
-            pool.put(addr, s, buf);
+            pool.put(addr, link);
         }
         assert!(!handed_out);
+    }
+
+    /// B9.8 on a pooled connection, whose timer goes into the pool with it: a timer that ran
+    /// out while its connection idled is re-armed for the next request, and a re-armed timer
+    /// still ends an exchange the backend does not answer.
+    #[tokio::test]
+    async fn pooled_connections_time_requests_afresh() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(ok.as_bytes()).await.unwrap();
+            let _ = s.read(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.write_all(ok.as_bytes()).await.unwrap();
+            // The third request gets no answer.
+            let _ = s.read(&mut buf).await.unwrap();
+            s
+        });
+        let pool = Arc::new(Backends::default());
+        let exchange = |timeout| {
+            let conn = pool.take(addr);
+            assert!(matches!(conn, Some(Conn::Pooled(..))));
+            let exchange = pool
+                .clone()
+                .exchange(addr, conn.unwrap(), get(Method::GET), timeout);
+            // A timer that never fires fails the test instead of hanging it.
+            tokio::time::timeout(Duration::from_secs(10), exchange)
+        };
+        let first = Conn::Fresh(connect(addr).await.unwrap());
+        let resp = pool
+            .clone()
+            .exchange(addr, first, get(Method::GET), Duration::from_secs(1))
+            .await
+            .ok()
+            .unwrap();
+        resp.into_body().collect().await.ok().unwrap();
+        // The first request's deadline passes while the connection idles in the pool.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let resp = exchange(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .ok()
+            .unwrap();
+        let body = resp.into_body().collect().await.ok().unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let third = exchange(Duration::from_millis(300)).await.unwrap();
+        assert!(matches!(third, Err(Failure::Timeout)));
+        drop(server.await.unwrap());
     }
 
     /// B9.12: a head that is not HTTP, or one that never ends, is a failed exchange (502).
