@@ -30,7 +30,7 @@ use tokio::{
 
 use super::{
     codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
-    forward::{BodyError, HOP_BY_HOP},
+    forward::BodyError,
 };
 
 /// The TCP handshake to a backend gives up after this and tries the next backend (B9.10).
@@ -324,18 +324,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         _ => Version::HTTP_11,
     };
     let all = &*parsed.headers;
-    // One pass over the fields for what framing and reuse depend on.
-    let (mut coding, mut length, mut close, mut names_fields) = (None, None, false, false);
+    let connection = codec::Connection::of(all);
+    // One pass over the fields for what framing depends on.
+    let (mut coding, mut length) = (None, None);
     for f in all {
-        if f.name.eq_ignore_ascii_case("connection") {
-            for t in list(f.value) {
-                close |= t.eq_ignore_ascii_case(b"close");
-                // `close` and `keep-alive` name no field.
-                names_fields |=
-                    !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
-            coding = list(f.value).next_back();
+        if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = codec::list(f.value).next_back();
         } else if length.is_none() && f.name.eq_ignore_ascii_case("content-length") {
             length = Some(f.value);
         }
@@ -362,18 +356,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         Framing::Close
     };
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let keeps_open =
-        version == Version::HTTP_11 && !switching && !close && !matches!(framing, Framing::Close);
-    let hop = |f: &&httparse::Header<'_>| {
-        HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h))
-            || names_fields
-                && all
-                    .iter()
-                    .filter(|c| c.name.eq_ignore_ascii_case("connection"))
-                    .flat_map(|c| list(c.value))
-                    .any(|t| t.eq_ignore_ascii_case(f.name.as_bytes()))
-    };
-    let fields = Fields::of(all.iter().filter(|f| switching || !hop(f)), buf);
+    let keeps_open = version == Version::HTTP_11
+        && !switching
+        && !connection.close
+        && !matches!(framing, Framing::Close);
+    let fields = Fields::of(
+        all.iter()
+            .filter(|f| switching || !connection.hop_by_hop(f, all)),
+        buf,
+    );
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
@@ -383,11 +374,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         framing,
         keeps_open,
     }))
-}
-
-/// The items of a comma-separated field value, trimmed.
-fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// A backend response's body, read from its connection as the client takes it.

@@ -14,7 +14,7 @@ use hyper::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::forward::BodyError;
+use super::forward::{BodyError, HOP_BY_HOP};
 
 /// A head larger than this, or with more fields, is refused, as nginx's `proxy_buffer_size`
 /// and `large_client_header_buffers` do.
@@ -77,6 +77,56 @@ impl Fields {
         }
         Ok((headers, head))
     }
+}
+
+/// What a head's `Connection` fields say (RFC 9110 §7.6.1), read from the parsed bytes.
+#[derive(Default)]
+pub struct Connection {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// A token other than `close` and `keep-alive`: it names a field that is hop-by-hop too.
+    names_fields: bool,
+}
+
+impl Connection {
+    /// Reads the fields' `Connection` values.
+    pub fn of(fields: &[httparse::Header<'_>]) -> Connection {
+        let mut c = Connection::default();
+        for f in fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        {
+            for t in list(f.value) {
+                let (close, keep_alive) = (
+                    t.eq_ignore_ascii_case(b"close"),
+                    t.eq_ignore_ascii_case(b"keep-alive"),
+                );
+                c.close |= close;
+                c.keep_alive |= keep_alive;
+                c.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+                c.names_fields |= !close && !keep_alive;
+            }
+        }
+        c
+    }
+
+    /// Whether `f`, one of `fields`, describes one hop's connection rather than the message: a
+    /// name of [`HOP_BY_HOP`], or one that `Connection` names.
+    pub fn hop_by_hop(&self, f: &httparse::Header<'_>, fields: &[httparse::Header<'_>]) -> bool {
+        HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h))
+            || self.names_fields
+                && fields
+                    .iter()
+                    .filter(|c| c.name.eq_ignore_ascii_case("connection"))
+                    .flat_map(|c| list(c.value))
+                    .any(|t| t.eq_ignore_ascii_case(f.name.as_bytes()))
+    }
+}
+
+/// The items of a comma-separated field value, trimmed.
+pub fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Appends each `name: value` field and its CRLF.

@@ -131,14 +131,16 @@ fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&HeaderName) -> bool) {
     }
 }
 
+/// The `Upgrade` field of an HTTP/1.1 request whose `Connection` lists `upgrade`, kept in the
+/// request's extensions when the head lost its hop-by-hop fields.
+#[derive(Clone)]
+pub struct Upgrade(pub HeaderValue);
+
 /// A request to switch protocols (WebSocket, B9.18): an HTTP/1.1 `Upgrade`, or an HTTP/2
 /// extended CONNECT whose `:protocol` names it (RFC 8441). The value is the protocol.
 fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     match req.version() {
-        Version::HTTP_11 => list_items(req.headers(), header::CONNECTION)
-            .any(|t| t.eq_ignore_ascii_case("upgrade"))
-            .then(|| req.headers().get(header::UPGRADE).cloned())
-            .flatten(),
+        Version::HTTP_11 => req.extensions().get::<Upgrade>().map(|u| u.0.clone()),
         Version::HTTP_2 if req.method() == Method::CONNECT => req
             .extensions()
             .get::<hyper::ext::Protocol>()
@@ -193,7 +195,10 @@ fn backend_request<B>(
         *req.method_mut() = Method::GET;
     }
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    // HTTP/1.x heads lost theirs when parsed (`h1::parse_head`).
+    if version == Version::HTTP_2 {
+        strip_hop_by_hop(headers);
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

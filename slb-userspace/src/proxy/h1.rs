@@ -29,7 +29,7 @@ use tokio::{
 
 use super::{
     codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
-    forward::{list_items, Body, BodyError, Tunnel},
+    forward::{Body, BodyError, Tunnel, Upgrade},
     MAX_REQUESTS_PER_CONNECTION,
 };
 
@@ -52,11 +52,11 @@ struct Reader<S> {
 
 impl<S: AsyncRead> Reader<S> {
     /// The next request head; `None` when the client closed between requests.
-    async fn head(&mut self) -> Result<Option<request::Parts>, Refused> {
+    async fn head(&mut self) -> Result<Option<Head>, Refused> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(parts) = parse_head(&mut self.buf)? {
-                    return Ok(Some(parts));
+                if let Some(head) = parse_head(&mut self.buf)? {
+                    return Ok(Some(head));
                 }
                 if self.buf.len() >= MAX_HEAD {
                     return Err(Refused::Status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
@@ -216,17 +216,21 @@ pub async fn serve<S, H, F>(
                 }
             }
         };
-        let mut parts = match head {
-            Ok(Some(parts)) => parts,
+        let Head {
+            mut parts,
+            framing,
+            keep_alive,
+        } = match head {
+            Ok(Some(head)) => head,
             Ok(None) | Err(Refused::Gone) => break Ok(End::Close),
             Err(Refused::Status(status)) => break Ok(End::Refuse(status)),
         };
         served += 1;
-        let framing = match request_framing(&parts) {
+        let framing = match framing {
             Ok(f) => f,
             Err(status) => break Ok(End::Refuse(status)),
         };
-        let keep_alive = keeps_alive(&parts) && served < MAX_REQUESTS_PER_CONNECTION;
+        let keep_alive = keep_alive && served < MAX_REQUESTS_PER_CONNECTION;
         let head_request = parts.method == Method::HEAD;
         let version = parts.version;
         let (body, back) = if framing.done() {
@@ -332,8 +336,20 @@ async fn refuse<W: AsyncWrite + Unpin>(write: &mut W, status: StatusCode) -> io:
     write.shutdown().await
 }
 
-/// Takes a complete request head off the front of `buf`, or `None` until more bytes come.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<request::Parts>, Refused> {
+/// A request head, and what its connection fields say.
+struct Head {
+    /// Without the hop-by-hop fields; an upgrade asked for is in its extensions.
+    parts: request::Parts,
+    /// How its body is delimited, or the status that refuses it.
+    framing: Result<Framing, StatusCode>,
+    /// HTTP/1.1 without `Connection: close`, HTTP/1.0 with `Connection: keep-alive`.
+    keep_alive: bool,
+}
+
+/// Takes a complete request head off the front of `buf`, or `None` until more bytes come. The
+/// connection fields are read from the parsed bytes and the hop-by-hop ones left out of the map
+/// (RFC 9110 §7.6.1), as for a backend's answer.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     fn bad<E>(_: E) -> Refused {
         Refused::Status(StatusCode::BAD_REQUEST)
     }
@@ -357,54 +373,68 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<request::Parts>, Refused> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let all = &*parsed.headers;
+    let connection = codec::Connection::of(all);
+    let framing = request_framing(all, parts.version);
+    let keep_alive = match parts.version {
+        Version::HTTP_11 => !connection.close,
+        _ => connection.keep_alive,
+    };
+    let upgrade = (parts.version == Version::HTTP_11 && connection.upgrade)
+        .then(|| all.iter().find(|f| f.name.eq_ignore_ascii_case("upgrade")))
+        .flatten()
+        .map(|f| HeaderValue::from_bytes(f.value).map_err(bad))
+        .transpose()?;
     let target = parsed.path.unwrap_or("");
     let at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + target.len();
-    let fields = Fields::of(parsed.headers.iter(), buf);
+    let fields = Fields::of(all.iter().filter(|f| !connection.hop_by_hop(f, all)), buf);
     let head;
     (parts.headers, head) = fields.take(buf, len).map_err(bad)?;
     // Shares the head's bytes, as the field values do.
     parts.uri = Uri::from_maybe_shared(head.slice(target)).map_err(bad)?;
-    Ok(Some(parts))
+    if let Some(protocol) = upgrade {
+        parts.extensions.insert(Upgrade(protocol));
+    }
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive,
+    }))
 }
 
 /// How the request's body is delimited (RFC 9112 §6.3). Both `Transfer-Encoding` and
 /// `Content-Length`, or a length that is not one number, is refused as nginx does: either
 /// could be a request smuggled past another hop.
-fn request_framing(parts: &request::Parts) -> Result<Framing, StatusCode> {
-    let headers = &parts.headers;
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked = list_items(headers, header::TRANSFER_ENCODING)
-            .next_back()
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        if !chunked
-            || parts.version == Version::HTTP_10
-            || headers.contains_key(header::CONTENT_LENGTH)
-        {
+fn request_framing(
+    fields: &[httparse::Header<'_>],
+    version: Version,
+) -> Result<Framing, StatusCode> {
+    let (mut coding, mut codings, mut lengths, mut length) = (None, false, 0, None);
+    for f in fields {
+        if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings = true;
+            coding = codec::list(f.value).next_back();
+        } else if f.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            length = Some(f.value);
+        }
+    }
+    if codings {
+        let chunked = coding.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if !chunked || version == Version::HTTP_10 || lengths > 0 {
             return Err(StatusCode::BAD_REQUEST);
         }
         return Ok(Framing::Chunked(Chunk::Size));
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    match (lengths.next(), lengths.next()) {
-        (None, _) => Ok(Framing::Length(0)),
-        (Some(v), None) if !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit) => v
-            .to_str()
+    match (lengths, length) {
+        (0, _) => Ok(Framing::Length(0)),
+        (1, Some(v)) if !v.is_empty() && v.iter().all(u8::is_ascii_digit) => std::str::from_utf8(v)
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Framing::Length)
             .ok_or(StatusCode::BAD_REQUEST),
         _ => Err(StatusCode::BAD_REQUEST),
-    }
-}
-
-/// HTTP/1.1 keeps the connection unless the client says `close`; HTTP/1.0 only when it says
-/// `keep-alive`.
-fn keeps_alive(parts: &request::Parts) -> bool {
-    let mut tokens = list_items(&parts.headers, header::CONNECTION);
-    match parts.version {
-        Version::HTTP_11 => !tokens.any(|t| t.eq_ignore_ascii_case("close")),
-        _ => tokens.any(|t| t.eq_ignore_ascii_case("keep-alive")),
     }
 }
 
@@ -901,5 +931,61 @@ mod tests {
         assert_eq!(body, "slow");
         assert!(head.contains("connection: close"), "{head}");
         assert!(closed(&mut busy).await);
+    }
+
+    /// RFC 9110 §7.6.1: a request head loses its hop-by-hop fields and those its `Connection`
+    /// names, keeps the rest, and says how it is framed (B9.12), whether the connection stays
+    /// open, and which protocol it asks to switch to (B9.18).
+    #[test]
+    fn request_heads_lose_hop_by_hop_fields() {
+        let parse = |head: &str| {
+            let mut buf = BytesMut::from(head);
+            match parse_head(&mut buf) {
+                Ok(Some(head)) => head,
+                _ => panic!("{head:?} not parsed"),
+            }
+        };
+        let head = parse(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, X-Secret\r\nX-Secret: 1\r\n\
+             Upgrade: websocket\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+             Proxy-Connection: x\r\nX-Keep: 2\r\n\r\n",
+        );
+        let names: Vec<&str> = head.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-keep"]);
+        assert_eq!(
+            head.parts.extensions.get::<Upgrade>().map(|u| u.0.clone()),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert!(head.keep_alive);
+        assert!(matches!(head.framing, Ok(Framing::Length(0))));
+
+        let head = parse(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n",
+        );
+        assert!(head.parts.headers.is_empty());
+        assert!(head.parts.extensions.get::<Upgrade>().is_none());
+        assert!(!head.keep_alive);
+        assert!(matches!(head.framing, Ok(Framing::Chunked(_))));
+
+        let head = parse("POST / HTTP/1.0\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n");
+        assert!(head.keep_alive);
+        assert!(matches!(head.framing, Ok(Framing::Length(12))));
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        // An upgrade needs both fields, over HTTP/1.1.
+        let head = parse("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert!(head.parts.extensions.get::<Upgrade>().is_none());
+
+        for smuggled in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(smuggled).framing, Err(StatusCode::BAD_REQUEST)),
+                "{smuggled:?}"
+            );
+        }
     }
 }
