@@ -325,28 +325,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     };
     let all = &*parsed.headers;
     let connection = codec::Connection::of(all);
-    // One pass over the fields for what framing depends on.
-    let (mut coding, mut length) = (None, None);
-    for f in all {
-        if f.name.eq_ignore_ascii_case("transfer-encoding") {
-            coding = codec::list(f.value).next_back();
-        } else if length.is_none() && f.name.eq_ignore_ascii_case("content-length") {
-            length = Some(f.value);
-        }
-    }
+    let body = codec::BodyFields::of(all);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Length(0)
-    } else if let Some(coding) = coding {
+    } else if let Some(coding) = body.coding {
         if coding.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
         }
-    } else if let Some(length) = length {
+    } else if let Some(length) = body.length {
         std::str::from_utf8(length)
             .ok()
             .and_then(|v| v.trim().parse().ok())

@@ -124,6 +124,35 @@ impl Connection {
     }
 }
 
+/// The fields a message body's length comes from (RFC 9112 §6.3), read from the parsed bytes.
+pub struct BodyFields<'a> {
+    /// The last transfer coding named; `Some` whenever `Transfer-Encoding` came.
+    pub coding: Option<&'a [u8]>,
+    /// The first `Content-Length` value.
+    pub length: Option<&'a [u8]>,
+    /// How many `Content-Length` fields came.
+    pub lengths: usize,
+}
+
+impl<'a> BodyFields<'a> {
+    pub fn of(fields: &[httparse::Header<'a>]) -> BodyFields<'a> {
+        let mut b = BodyFields {
+            coding: None,
+            length: None,
+            lengths: 0,
+        };
+        for f in fields {
+            if f.name.eq_ignore_ascii_case("transfer-encoding") {
+                b.coding = list(f.value).next_back();
+            } else if f.name.eq_ignore_ascii_case("content-length") {
+                b.lengths += 1;
+                b.length = b.length.or(Some(f.value));
+            }
+        }
+        b
+    }
+}
+
 /// The items of a comma-separated field value, trimmed.
 pub fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)

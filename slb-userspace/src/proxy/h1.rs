@@ -410,24 +410,17 @@ fn request_framing(
     fields: &[httparse::Header<'_>],
     version: Version,
 ) -> Result<Framing, StatusCode> {
-    let (mut coding, mut codings, mut lengths, mut length) = (None, false, 0, None);
-    for f in fields {
-        if f.name.eq_ignore_ascii_case("transfer-encoding") {
-            codings = true;
-            coding = codec::list(f.value).next_back();
-        } else if f.name.eq_ignore_ascii_case("content-length") {
-            lengths += 1;
-            length = Some(f.value);
-        }
-    }
-    if codings {
-        let chunked = coding.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if !chunked || version == Version::HTTP_10 || lengths > 0 {
+    let body = codec::BodyFields::of(fields);
+    if let Some(coding) = body.coding {
+        if !coding.eq_ignore_ascii_case(b"chunked")
+            || version == Version::HTTP_10
+            || body.lengths > 0
+        {
             return Err(StatusCode::BAD_REQUEST);
         }
         return Ok(Framing::Chunked(Chunk::Size));
     }
-    match (lengths, length) {
+    match (body.lengths, body.length) {
         (0, _) => Ok(Framing::Length(0)),
         (1, Some(v)) if !v.is_empty() && v.iter().all(u8::is_ascii_digit) => std::str::from_utf8(v)
             .ok()
