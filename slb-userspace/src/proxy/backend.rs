@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use super::{
-    codec::{self, invalid, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD},
+    codec::{self, invalid, Chunk, FieldLines, Fields, Framing, MAX_FIELDS, MAX_HEAD},
     forward::BodyError,
 };
 
@@ -105,16 +105,17 @@ impl Backends {
         }
     }
 
-    /// Sends `req` and reads the response head within `timeout`. The response body returns the
-    /// connection to the pool once read to its end; a `101` answer's body becomes the tunnel
-    /// to the backend ([`Upstream::into_tunnel`]).
+    /// Sends `req` and reads the response head within `timeout`: the response, whose header map
+    /// is empty, and its fields as lines. The response body returns the connection to the pool
+    /// once read to its end; a `101` answer's body becomes the tunnel to the backend
+    /// ([`Upstream::into_tunnel`]).
     pub async fn exchange<B>(
         self: Arc<Self>,
         addr: SocketAddr,
         conn: Conn,
         req: Request<B>,
         timeout: Duration,
-    ) -> Result<Response<Upstream>, Failure>
+    ) -> Result<(Response<Upstream>, FieldLines), Failure>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
@@ -163,6 +164,7 @@ impl Backends {
         .await?;
         let Head {
             resp,
+            lines,
             framing,
             keeps_open,
         } = head;
@@ -175,7 +177,7 @@ impl Backends {
             pool: self,
             addr,
         };
-        Ok(resp.map(|()| body))
+        Ok((resp.map(|()| body), lines))
     }
 }
 
@@ -297,16 +299,18 @@ where
 
 /// A response head, and what its connection fields say.
 struct Head {
-    /// Without the hop-by-hop fields, unless it switches protocols: those are the client's.
+    /// Status and version; its header map is empty.
     resp: Response<()>,
+    /// Without the hop-by-hop fields, unless it switches protocols: those are the client's.
+    lines: FieldLines,
     framing: Framing,
     /// HTTP/1.1 with a delimited body, no `Connection: close`, no protocol switch.
     keeps_open: bool,
 }
 
 /// Takes a complete response head off the front of `buf`, or `None` until more bytes come. The
-/// connection fields are read from the parsed bytes and the hop-by-hop ones left out of the map
-/// (RFC 9110 §7.6.1): cheaper than building a map and then looking them up and removing them.
+/// connection fields are read from the parsed bytes and the hop-by-hop ones left out of the
+/// lines (RFC 9110 §7.6.1).
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
     // Left uninitialised: most heads use a few of these.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
@@ -360,9 +364,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
-    *resp.headers_mut() = fields.take(buf, len)?.0;
     Ok(Some(Head {
         resp,
+        lines: fields.lines(buf, len),
         framing,
         keeps_open,
     }))
@@ -485,7 +489,7 @@ mod tests {
             Some(c) => c,
             None => Conn::Fresh(connect(addr).await.unwrap()),
         };
-        let resp = pool
+        let (resp, _) = pool
             .clone()
             .exchange(addr, conn, req, Duration::from_secs(5))
             .await?;
@@ -648,7 +652,7 @@ mod tests {
             buf: BytesMut::new(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         });
-        let resp = pool
+        let (resp, _) = pool
             .clone()
             .exchange(addr, stale, get(Method::GET), Duration::from_secs(5))
             .await
@@ -702,7 +706,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), exchange)
         };
         let first = Conn::Fresh(connect(addr).await.unwrap());
-        let resp = pool
+        let (resp, _) = pool
             .clone()
             .exchange(addr, first, get(Method::GET), Duration::from_secs(1))
             .await
@@ -711,7 +715,7 @@ mod tests {
         resp.into_body().collect().await.ok().unwrap();
         // The first request's deadline passes while the connection idles in the pool.
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let resp = exchange(Duration::from_secs(5))
+        let (resp, _) = exchange(Duration::from_secs(5))
             .await
             .unwrap()
             .ok()
@@ -758,15 +762,14 @@ mod tests {
             "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
              Keep-Alive: timeout=5\r\nTransfer-Encoding: gzip, chunked\r\nX-Keep: 2\r\n\r\n",
         );
-        let names: Vec<&str> = h.resp.headers().keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-keep"]);
+        assert_eq!(h.lines.get(true), b"X-Keep: 2\r\n");
         assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)));
         assert!(h.keeps_open);
 
         let h = head("HTTP/1.1 200 OK\r\nconnection: Close\r\nContent-Length: 3\r\n\r\n");
         assert!(matches!(h.framing, Framing::Length(3)));
         assert!(!h.keeps_open);
-        assert!(h.resp.headers().get(header::CONNECTION).is_none());
+        assert_eq!(h.lines.get(true), b"Content-Length: 3\r\n");
 
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
         assert!(matches!(h.framing, Framing::Close));
@@ -775,7 +778,10 @@ mod tests {
         let h = head(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         );
-        assert_eq!(h.resp.headers().len(), 2);
+        assert_eq!(
+            h.lines.get(true),
+            b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+        );
         assert!(!h.keeps_open);
 
         assert!(parse_head(
@@ -783,5 +789,44 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    /// B9.15: an answer's fields go to an HTTP/1.1 client as the backend sent them, in
+    /// `name: value` CRLF lines (a bare LF or a missing space after the colon made regular);
+    /// its `Content-Length` lines come last, to be left out when the LB sends its own length.
+    /// The map built from the lines where one is needed holds the same fields and values.
+    #[test]
+    fn answers_keep_their_fields_as_lines() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\nContent-Length: 2\nSet-Cookie: a=1\r\nDate:Mon\r\n\
+             X-Empty: \r\nSet-Cookie: b=2\r\n\r\nok",
+        );
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(&buf[..], b"ok");
+        let fields = "Set-Cookie: a=1\r\nDate: Mon\r\nX-Empty: \r\nSet-Cookie: b=2\r\n";
+        assert_eq!(h.lines.get(false), fields.as_bytes());
+        let with_length = format!("{fields}Content-Length: 2\r\n");
+        assert_eq!(h.lines.get(true), with_length.as_bytes());
+        assert!(h.lines.has_length() && h.lines.date);
+
+        let map = h.lines.into_map().unwrap();
+        let cookies: Vec<&[u8]> = map
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+        assert_eq!(map[header::DATE], "Mon");
+        assert_eq!(map["x-empty"], "");
+        assert_eq!(map[header::CONTENT_LENGTH], "2");
+        assert_eq!(map.len(), 5);
+
+        let h = parse_head(
+            &mut BytesMut::from("HTTP/1.1 204 No Content\r\n\r\n"),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.lines.get(true).is_empty() && !h.lines.has_length() && !h.lines.date);
     }
 }

@@ -45,9 +45,12 @@ impl Fields {
     ) -> Fields {
         let start = buf.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
-        let mut spans = [[0; 4]; MAX_FIELDS];
-        let mut count = 0;
-        for (span, f) in spans.iter_mut().zip(parsed) {
+        // Filled where it is returned to, rather than in a local array copied out.
+        let mut fields = Fields {
+            spans: [[0; 4]; MAX_FIELDS],
+            count: 0,
+        };
+        for (span, f) in fields.spans.iter_mut().zip(parsed) {
             let name = f.name.as_bytes();
             *span = [
                 at(name),
@@ -55,9 +58,25 @@ impl Fields {
                 at(f.value),
                 f.value.len() as u32,
             ];
-            count += 1;
+            fields.count += 1;
         }
-        Fields { spans, count }
+        fields
+    }
+
+    /// The `(name, value)` byte ranges of each field in `head`.
+    fn spans<'h>(
+        &self,
+        head: &'h [u8],
+    ) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + use<'_, 'h> {
+        self.spans[..self.count]
+            .iter()
+            .map(move |[name_at, name_len, value_at, value_len]| {
+                let (name_at, value_at) = (*name_at as usize, *value_at as usize);
+                (
+                    &head[name_at..name_at + *name_len as usize],
+                    &head[value_at..value_at + *value_len as usize],
+                )
+            })
     }
 
     /// Takes the head, its first `len` bytes, off `buf`, and returns its fields and bytes. The
@@ -65,18 +84,87 @@ impl Fields {
     pub fn take(&self, buf: &mut BytesMut, len: usize) -> io::Result<(HeaderMap, Bytes)> {
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(self.count + ADDED_FIELDS);
-        for [name_at, name_len, value_at, value_len] in &self.spans[..self.count] {
-            let (name_at, value_at) = (*name_at as usize, *value_at as usize);
-            let name = &head[name_at..name_at + *name_len as usize];
-            let name = HeaderName::from_bytes(name).map_err(invalid)?;
-            let value = head.slice(value_at..value_at + *value_len as usize);
+        for (name, value) in self.spans(&head) {
             headers.append(
-                name,
-                HeaderValue::from_maybe_shared(value).map_err(invalid)?,
+                HeaderName::from_bytes(name).map_err(invalid)?,
+                HeaderValue::from_maybe_shared(head.slice_ref(value)).map_err(invalid)?,
             );
         }
         Ok((headers, head))
     }
+
+    /// Takes the head, its first `len` bytes, off `buf`, and returns its fields as lines.
+    pub fn lines(&self, buf: &mut BytesMut, len: usize) -> FieldLines {
+        let head = buf.split_to(len);
+        // A field grows by at most a space after its colon and a CR before its LF.
+        let mut out = BytesMut::with_capacity(len + 2 * self.count);
+        let is_length = |name: &[u8]| name.eq_ignore_ascii_case(b"content-length");
+        let mut date = false;
+        for (name, value) in self.spans(&head).filter(|(n, _)| !is_length(n)) {
+            date |= name.eq_ignore_ascii_case(b"date");
+            put_line(&mut out, name, value);
+        }
+        let length_at = out.len();
+        for (name, value) in self.spans(&head).filter(|(n, _)| is_length(n)) {
+            put_line(&mut out, name, value);
+        }
+        FieldLines {
+            bytes: out.freeze(),
+            length_at,
+            date,
+        }
+    }
+}
+
+/// A backend answer's fields as `name: value` lines, ready to go to an HTTP/1.1 client as they
+/// came: writing them out costs a fraction of building a header map and writing that. A map is
+/// built only where an answer's fields are read or changed (HTTP/2 clients, gzip, cookies).
+pub struct FieldLines {
+    bytes: Bytes,
+    /// Where the `Content-Length` lines start: they come last, for an answer that is sent with
+    /// a length of its own.
+    length_at: usize,
+    /// Whether a `Date` field came.
+    pub date: bool,
+}
+
+impl FieldLines {
+    /// The lines, with or without the `Content-Length` ones.
+    pub fn get(&self, with_length: bool) -> &[u8] {
+        match with_length {
+            true => &self.bytes,
+            false => &self.bytes[..self.length_at],
+        }
+    }
+
+    pub fn has_length(&self) -> bool {
+        self.length_at < self.bytes.len()
+    }
+
+    /// The fields in a header map; the values share the lines' bytes.
+    pub fn into_map(self) -> io::Result<HeaderMap> {
+        let mut headers = HeaderMap::with_capacity(ADDED_FIELDS);
+        for line in self.bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line
+                .iter()
+                .position(|b| *b == b':')
+                .ok_or_else(|| invalid("a field line without a colon"))?;
+            let value = line[colon + 1..].trim_ascii_start();
+            headers.append(
+                HeaderName::from_bytes(&line[..colon]).map_err(invalid)?,
+                HeaderValue::from_maybe_shared(self.bytes.slice_ref(value)).map_err(invalid)?,
+            );
+        }
+        Ok(headers)
+    }
+}
+
+fn put_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
 }
 
 /// What a head's `Connection` fields say (RFC 9110 §7.6.1), read from the parsed bytes.
@@ -164,10 +252,7 @@ pub fn put_fields<'a>(
     fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) {
     for (name, value) in fields {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
 }
 

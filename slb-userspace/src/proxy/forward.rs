@@ -30,8 +30,11 @@ use tokio::{
 use super::{
     access::{self, Record},
     backend::{self, Conn, Failure},
-    bandwidth, gzip, rules, sticky, Route, Shared,
+    bandwidth,
+    codec::FieldLines,
+    gzip, rules, sticky, Route, Shared,
 };
+use crate::config::StickySession;
 
 pub type Body = BoxBody<Bytes, BodyError>;
 /// Why a body ended early: the client's or the backend's connection failed.
@@ -354,6 +357,27 @@ impl Tunnel {
     }
 }
 
+/// What a request is answered with.
+pub struct Answer {
+    pub resp: Response<Body>,
+    /// The backend's fields as they came, for an HTTP/1.x client, when nothing here reads or
+    /// changes them; they go out before those in `resp`'s map.
+    pub lines: Option<FieldLines>,
+    /// After a `101`: the backend side of the tunnel.
+    pub tunnel: Option<Tunnel>,
+}
+
+impl Answer {
+    /// An answer of the LB's own.
+    pub fn own(resp: Response<Body>) -> Self {
+        Answer {
+            resp,
+            lines: None,
+            tunnel: None,
+        }
+    }
+}
+
 /// Serves one request: 503 with no usable backend (B4.17), 502 when the backend fails, 504 when
 /// it does not answer within `RequestTimeout` (B9.8).
 pub async fn handle<B>(
@@ -361,7 +385,7 @@ pub async fn handle<B>(
     route: Arc<Route>,
     client: Client,
     shared: Arc<Shared>,
-) -> (Response<Body>, Option<Tunnel>)
+) -> Answer
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BodyError> + Send,
@@ -388,7 +412,7 @@ where
         start,
         head: Default::default(),
     };
-    let (resp, backend, tunnel) = respond(
+    let (mut answer, backend) = respond(
         req,
         &route,
         &client,
@@ -398,13 +422,14 @@ where
     )
     .await;
     record.backend = backend;
-    record.status = resp.status();
+    record.status = answer.resp.status();
     record.head = start.elapsed();
     let resp = match &route.bandwidth {
-        Some(bucket) => bandwidth::limited(resp, bucket.clone()),
-        None => resp,
+        Some(bucket) => bandwidth::limited(answer.resp, bucket.clone()),
+        None => answer.resp,
     };
-    (access::logged(resp, record, shared.metrics.clone()), tunnel)
+    answer.resp = access::logged(resp, record, shared.metrics.clone());
+    answer
 }
 
 async fn respond<B>(
@@ -414,13 +439,13 @@ async fn respond<B>(
     shared: &Shared,
     host: Option<&str>,
     target: &str,
-) -> (Response<Body>, Option<SocketAddr>, Option<Tunnel>)
+) -> (Answer, Option<SocketAddr>)
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BodyError> + Send,
 {
     if let Some(port) = route.http.forward_port {
-        return (redirect(route, host, target, port), None, None);
+        return (Answer::own(redirect(route, host, target, port)), None);
     }
     let group = rules::select(&route.http.rules, host, req.uri().path())
         .and_then(|rule| route.http.rules.iter().position(|r| std::ptr::eq(r, rule)));
@@ -444,7 +469,7 @@ where
             StatusCode::SERVICE_UNAVAILABLE,
             "503 no backend available\n",
         );
-        return (r, None, None);
+        return (Answer::own(r), None);
     }
     let upgrade = upgrade_of(&req);
     let http2 = req.version() == Version::HTTP_2;
@@ -465,12 +490,9 @@ where
             Err(e) => log::debug!("{}: backend {addr}: {e}", route.name),
         }
     }
+    let bad_gateway = || Answer::own(text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"));
     let Some((i, addr, conn)) = connected else {
-        return (
-            text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
-            None,
-            None,
-        );
+        return (bad_gateway(), None);
     };
     let method = req.method().clone();
     let gzip = route.http.gzip && gzip::accepts(req.headers());
@@ -485,21 +507,28 @@ where
             backends.exchange(addr, conn, req, timeout).await
         }
     };
-    let resp = match Detached::new(exchange).await {
-        Ok(resp) => resp,
+    let (resp, lines) = match Detached::new(exchange).await {
+        Ok(answer) => answer,
         Err(Failure::Timeout) => {
             let r = text(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n");
-            return (r, Some(addr), None);
+            return (Answer::own(r), Some(addr));
         }
-        Err(Failure::Exchange) => {
-            return (
-                text(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
-                Some(addr),
-                None,
-            );
-        }
+        Err(Failure::Exchange) => return (bad_gateway(), Some(addr)),
     };
     let (mut parts, body) = resp.into_parts();
+    // The fields go into a map only where they are read or changed here, or for HTTP/2.
+    let lines = if http2 || gzip || upgrading || matches!(sticky, StickySession::Server { .. }) {
+        match lines.into_map() {
+            Ok(map) => parts.headers = map,
+            Err(e) => {
+                log::debug!("{}: backend {addr}: {e}", route.name);
+                return (bad_gateway(), Some(addr));
+            }
+        }
+        None
+    } else {
+        Some(lines)
+    };
     if parts.status == StatusCode::SWITCHING_PROTOCOLS && upgrading {
         let tunnel = body.into_tunnel().map(|(backend, early)| Tunnel {
             backend,
@@ -511,7 +540,12 @@ where
         } else {
             Response::from_parts(parts, empty())
         };
-        return (resp, Some(addr), tunnel);
+        let answer = Answer {
+            resp,
+            lines,
+            tunnel,
+        };
+        return (answer, Some(addr));
     }
     sticky::respond(
         sticky,
@@ -526,5 +560,10 @@ where
     } else {
         resp
     };
-    (resp, Some(addr), None)
+    let answer = Answer {
+        resp,
+        lines,
+        tunnel: None,
+    };
+    (answer, Some(addr))
 }

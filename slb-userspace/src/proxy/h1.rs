@@ -28,8 +28,8 @@ use tokio::{
 };
 
 use super::{
-    codec::{self, Chunk, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
-    forward::{Body, BodyError, Tunnel, Upgrade},
+    codec::{self, Chunk, FieldLines, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
+    forward::{Answer, Body, BodyError, Tunnel, Upgrade},
     MAX_REQUESTS_PER_CONNECTION,
 };
 
@@ -40,9 +40,6 @@ const HEAD_ROOM: usize = 1024;
 /// An unread request body (a `503` for an upload, say) is read and dropped up to this much to
 /// keep the connection; beyond it the connection is closed.
 const DRAIN_LIMIT: u64 = 1 << 20;
-
-/// What a handler answers: the response, and after a `101` the backend side of the tunnel.
-pub type Answer = (Response<Body>, Option<Tunnel>);
 
 /// The connection's read side and what was read past the last message.
 struct Reader<S> {
@@ -259,12 +256,25 @@ pub async fn serve<S, H, F>(
             };
             (body, Some(rx))
         };
-        let (resp, tunnel) = handle(Request::from_parts(parts, body)).await;
+        let Answer {
+            resp,
+            lines,
+            tunnel,
+        } = handle(Request::from_parts(parts, body)).await;
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(tunnel)) = (resp.status(), tunnel) {
             break Ok(End::Tunnel(Box::new((resp, tunnel))));
         }
         let mut close = !keep_alive || *stopped.borrow();
-        match respond(&mut write, &mut out, resp, head_request, version, close).await {
+        let answer = respond(
+            &mut write,
+            &mut out,
+            resp,
+            lines,
+            head_request,
+            version,
+            close,
+        );
+        match answer.await {
             Ok(complete) => close |= !complete,
             Err(e) => break Err(e),
         }
@@ -295,6 +305,7 @@ pub async fn serve<S, H, F>(
                     &mut write,
                     &mut out,
                     resp,
+                    None,
                     head_request,
                     Version::HTTP_11,
                     false,
@@ -441,12 +452,13 @@ enum Sending {
     Close,
 }
 
-/// Writes `resp`. `Ok(false)`: the body did not end as its framing said, so the connection
-/// cannot carry another response.
+/// Writes `resp`, with the backend's field `lines` when they came as lines. `Ok(false)`: the
+/// body did not end as its framing said, so the connection cannot carry another response.
 async fn respond<W: AsyncWrite + Unpin>(
     write: &mut W,
     out: &mut BytesMut,
     resp: Response<Body>,
+    lines: Option<FieldLines>,
     head_request: bool,
     version: Version,
     mut close: bool,
@@ -477,6 +489,9 @@ async fn respond<W: AsyncWrite + Unpin>(
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     let own_length = !matches!(sending, Sending::Nothing);
+    if let Some(lines) = &lines {
+        out.put_slice(lines.get(!own_length));
+    }
     codec::put_fields(
         out,
         parts.headers.iter().filter(|(name, _)| {
@@ -484,7 +499,9 @@ async fn respond<W: AsyncWrite + Unpin>(
         }),
     );
     // A HEAD answer without the field tells the length its GET would have, when known.
-    let head_length = (head_request && !parts.headers.contains_key(header::CONTENT_LENGTH))
+    let length_came = lines.as_ref().is_some_and(FieldLines::has_length)
+        || parts.headers.contains_key(header::CONTENT_LENGTH);
+    let head_length = (head_request && !length_came)
         .then(|| body.size_hint().exact())
         .flatten()
         .filter(|n| *n > 0);
@@ -495,7 +512,7 @@ async fn respond<W: AsyncWrite + Unpin>(
         (Sending::Chunked, _) => out.put_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !lines.as_ref().is_some_and(|l| l.date) && !parts.headers.contains_key(header::DATE) {
         out.put_slice(b"date: ");
         out.put_slice(date().as_bytes());
         out.put_slice(b"\r\n");
@@ -683,7 +700,7 @@ mod tests {
                                 )
                             }
                         };
-                        (resp, None)
+                        Answer::own(resp)
                     },
                 ));
             }

@@ -634,7 +634,9 @@ impl Connection {
                 let upgraded =
                     (req.method() == hyper::Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
                 async move {
-                    let (resp, tunnel) = forward::handle(req, route, peer, shared).await;
+                    // An HTTP/2 request's answer has its fields in its map, not as lines.
+                    let forward::Answer { resp, tunnel, .. } =
+                        forward::handle(req, route, peer, shared).await;
                     if let (Some(tunnel), Some(upgraded)) = (tunnel, upgraded) {
                         tokio::spawn(async move {
                             match upgraded.await {
