@@ -3,6 +3,7 @@
 use std::{
     future::Future as _,
     io::{self, ErrorKind},
+    ops::Range,
     task::{ready, Context, Poll},
 };
 
@@ -39,18 +40,22 @@ pub struct Fields {
 }
 
 impl Fields {
-    pub fn of<'a>(
+    pub const NONE: Fields = Fields {
+        spans: [[0; 4]; MAX_FIELDS],
+        count: 0,
+    };
+
+    /// Notes where `parsed`, fields of the head in `buf`, are. Filled in place: a `Fields`
+    /// returned by value was copied, all 1.6 kB of it, per head.
+    pub fn note<'a>(
+        &mut self,
         parsed: impl IntoIterator<Item = &'a httparse::Header<'a>>,
         buf: &[u8],
-    ) -> Fields {
+    ) {
         let start = buf.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
-        // Filled where it is returned to, rather than in a local array copied out.
-        let mut fields = Fields {
-            spans: [[0; 4]; MAX_FIELDS],
-            count: 0,
-        };
-        for (span, f) in fields.spans.iter_mut().zip(parsed) {
+        self.count = 0;
+        for (span, f) in self.spans.iter_mut().zip(parsed) {
             let name = f.name.as_bytes();
             *span = [
                 at(name),
@@ -58,25 +63,16 @@ impl Fields {
                 at(f.value),
                 f.value.len() as u32,
             ];
-            fields.count += 1;
+            self.count += 1;
         }
-        fields
     }
 
-    /// The `(name, value)` byte ranges of each field in `head`.
-    fn spans<'h>(
-        &self,
-        head: &'h [u8],
-    ) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + use<'_, 'h> {
-        self.spans[..self.count]
-            .iter()
-            .map(move |[name_at, name_len, value_at, value_len]| {
-                let (name_at, value_at) = (*name_at as usize, *value_at as usize);
-                (
-                    &head[name_at..name_at + *name_len as usize],
-                    &head[value_at..value_at + *value_len as usize],
-                )
-            })
+    /// Where each field's name and value are in the head.
+    fn ranges(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+        self.spans[..self.count].iter().map(|span| {
+            let [name_at, name_len, value_at, value_len] = span.map(|n| n as usize);
+            (name_at..name_at + name_len, value_at..value_at + value_len)
+        })
     }
 
     /// Takes the head, its first `len` bytes, off `buf`, and returns its fields and bytes. The
@@ -84,10 +80,10 @@ impl Fields {
     pub fn take(&self, buf: &mut BytesMut, len: usize) -> io::Result<(HeaderMap, Bytes)> {
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(self.count + ADDED_FIELDS);
-        for (name, value) in self.spans(&head) {
+        for (name, value) in self.ranges() {
             headers.append(
-                HeaderName::from_bytes(name).map_err(invalid)?,
-                HeaderValue::from_maybe_shared(head.slice_ref(value)).map_err(invalid)?,
+                HeaderName::from_bytes(&head[name]).map_err(invalid)?,
+                HeaderValue::from_maybe_shared(head.slice(value)).map_err(invalid)?,
             );
         }
         Ok((headers, head))
@@ -98,15 +94,33 @@ impl Fields {
         let head = buf.split_to(len);
         // A field grows by at most a space after its colon and a CR before its LF.
         let mut out = BytesMut::with_capacity(len + 2 * self.count);
-        let is_length = |name: &[u8]| name.eq_ignore_ascii_case(b"content-length");
         let mut date = false;
-        for (name, value) in self.spans(&head).filter(|(n, _)| !is_length(n)) {
-            date |= name.eq_ignore_ascii_case(b"date");
-            put_line(&mut out, name, value);
-        }
-        let length_at = out.len();
-        for (name, value) in self.spans(&head).filter(|(n, _)| is_length(n)) {
-            put_line(&mut out, name, value);
+        let mut length_at = 0;
+        for lengths in [false, true] {
+            length_at = out.len();
+            // Neighbouring lines already in the regular form are copied as one piece.
+            let mut run = 0..0;
+            for (name, value) in self.ranges() {
+                if head[name.clone()].eq_ignore_ascii_case(b"content-length") != lengths {
+                    continue;
+                }
+                date |= head[name.clone()].eq_ignore_ascii_case(b"date");
+                let line = name.start..value.end + 2;
+                let regular = head.get(name.end..value.start) == Some(b": ")
+                    && head.get(value.end..line.end) == Some(b"\r\n");
+                if regular && run.end == line.start {
+                    run.end = line.end;
+                    continue;
+                }
+                out.put_slice(&head[run]);
+                run = if regular {
+                    line
+                } else {
+                    put_line(&mut out, &head[name], &head[value]);
+                    0..0
+                };
+            }
+            out.put_slice(&head[run]);
         }
         FieldLines {
             bytes: out.freeze(),
@@ -135,6 +149,16 @@ impl FieldLines {
             true => &self.bytes,
             false => &self.bytes[..self.length_at],
         }
+    }
+
+    /// The value of the first `name` field.
+    pub fn value(&self, name: &str) -> Option<&[u8]> {
+        self.bytes.split(|b| *b == b'\n').find_map(|line| {
+            let (n, value) = line.split_at_checked(name.len())?;
+            let value = value.strip_prefix(b": ")?;
+            n.eq_ignore_ascii_case(name.as_bytes())
+                .then(|| value.strip_suffix(b"\r").unwrap_or(value))
+        })
     }
 
     pub fn has_length(&self) -> bool {

@@ -185,12 +185,12 @@ fn host_of<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// The request as the backend gets it: HTTP/1.1 for 1.1 and 2 clients, 1.0 otherwise (B9.13),
 /// `X-Forwarded-For` extended with the client (B9.1) and the switched headers set (B9.2–B9.5).
 fn backend_request<B>(
-    mut req: Request<B>,
+    req: &mut Request<B>,
     route: &Route,
     client: &Client,
     host: Option<&str>,
     upgrade: Option<HeaderValue>,
-) -> Request<B> {
+) {
     let version = req.version();
     // RFC 8441 §5: the extended CONNECT is the HTTP/1.1 upgrade's GET.
     let extended_connect = version == Version::HTTP_2 && upgrade.is_some();
@@ -279,7 +279,6 @@ fn backend_request<B>(
             *req.uri_mut() = uri;
         }
     }
-    req
 }
 
 /// B9.20: `301` to `https://<host without port>[:<port> unless 443]<path and query>`.
@@ -497,7 +496,7 @@ where
     let method = req.method().clone();
     let gzip = route.http.gzip && gzip::accepts(req.headers());
     let upgrading = upgrade.is_some();
-    let req = backend_request(req, route, client, host, upgrade);
+    backend_request(&mut req, route, client, host, upgrade);
     let timeout = std::time::Duration::from_secs(route.http.request_timeout.into());
     let exchange = {
         let route = route.clone();
@@ -517,6 +516,10 @@ where
     };
     let (mut parts, body) = resp.into_parts();
     // The fields go into a map only where they are read or changed here, or for HTTP/2.
+    let gzip = gzip
+        && lines
+            .value("content-type")
+            .is_some_and(gzip::compressible_type);
     let lines = if http2 || gzip || upgrading || matches!(sticky, StickySession::Server { .. }) {
         match lines.into_map() {
             Ok(map) => parts.headers = map,

@@ -87,15 +87,24 @@ pub fn compress(method: &Method, resp: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, body.boxed())
 }
 
+/// Whether a `Content-Type` value names one of the types compressed.
+pub fn compressible_type(content_type: &[u8]) -> bool {
+    let media_type = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    let media_type = media_type.trim_ascii();
+    MEDIA_TYPES
+        .iter()
+        .any(|t| t.as_bytes().eq_ignore_ascii_case(media_type))
+}
+
 fn compressible(method: &Method, resp: &Response<Body>) -> bool {
     let h = resp.headers();
     let status = resp.status();
-    let media_type = h
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split_once(';').map_or(v, |(m, _)| m).trim());
     let body = resp.body();
-    media_type.is_some_and(|m| MEDIA_TYPES.iter().any(|t| t.eq_ignore_ascii_case(m)))
+    h.get(CONTENT_TYPE)
+        .is_some_and(|v| compressible_type(v.as_bytes()))
         && !h.contains_key(CONTENT_ENCODING)
         && !status.is_informational()
         && status != StatusCode::NO_CONTENT

@@ -399,7 +399,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let target = parsed.path.unwrap_or("");
     let at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + target.len();
-    let fields = Fields::of(all.iter().filter(|f| !connection.hop_by_hop(f, all)), buf);
+    let mut fields = Fields::NONE;
+    fields.note(all.iter().filter(|f| !connection.hop_by_hop(f, all)), buf);
     let head;
     (parts.headers, head) = fields.take(buf, len).map_err(bad)?;
     // Shares the head's bytes, as the field values do.
