@@ -265,7 +265,7 @@ pub async fn serve<S, H, F>(
             break Ok(End::Tunnel(Box::new((resp, tunnel))));
         }
         let mut close = !keep_alive || *stopped.borrow();
-        let answer = respond(
+        let written = respond(
             &mut write,
             &mut out,
             resp,
@@ -274,7 +274,7 @@ pub async fn serve<S, H, F>(
             version,
             close,
         );
-        match answer.await {
+        match written.await {
             Ok(complete) => close |= !complete,
             Err(e) => break Err(e),
         }
