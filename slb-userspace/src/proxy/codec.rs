@@ -153,12 +153,10 @@ impl FieldLines {
 
     /// The value of the first `name` field.
     pub fn value(&self, name: &str) -> Option<&[u8]> {
-        self.bytes.split(|b| *b == b'\n').find_map(|line| {
-            let (n, value) = line.split_at_checked(name.len())?;
-            let value = value.strip_prefix(b": ")?;
-            n.eq_ignore_ascii_case(name.as_bytes())
-                .then(|| value.strip_suffix(b"\r").unwrap_or(value))
-        })
+        self.fields()
+            .filter_map(Result::ok)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
     }
 
     pub fn has_length(&self) -> bool {
@@ -168,19 +166,29 @@ impl FieldLines {
     /// The fields in a header map; the values share the lines' bytes.
     pub fn into_map(self) -> io::Result<HeaderMap> {
         let mut headers = HeaderMap::with_capacity(ADDED_FIELDS);
-        for line in self.bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line
-                .iter()
-                .position(|b| *b == b':')
-                .ok_or_else(|| invalid("a field line without a colon"))?;
-            let value = line[colon + 1..].trim_ascii_start();
+        for field in self.fields() {
+            let (name, value) = field?;
             headers.append(
-                HeaderName::from_bytes(&line[..colon]).map_err(invalid)?,
+                HeaderName::from_bytes(name).map_err(invalid)?,
                 HeaderValue::from_maybe_shared(self.bytes.slice_ref(value)).map_err(invalid)?,
             );
         }
         Ok(headers)
+    }
+
+    /// Each line's name and value.
+    fn fields(&self) -> impl Iterator<Item = io::Result<(&[u8], &[u8])>> {
+        self.bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line
+                    .iter()
+                    .position(|b| *b == b':')
+                    .ok_or_else(|| invalid("a field line without a colon"))?;
+                Ok((&line[..colon], line[colon + 1..].trim_ascii_start()))
+            })
     }
 }
 
