@@ -490,10 +490,22 @@ mod tests {
             Some(c) => c,
             None => Conn::Fresh(connect(addr).await.unwrap()),
         };
-        let (resp, _) = pool
-            .clone()
-            .exchange(addr, conn, req, Duration::from_secs(5))
-            .await?;
+        fetch_on(pool, addr, conn, req, Duration::from_secs(5)).await
+    }
+
+    /// Exchanges `req` on `conn` and reads the answer to its end.
+    async fn fetch_on<B>(
+        pool: &Arc<Backends>,
+        addr: SocketAddr,
+        conn: Conn,
+        req: Request<B>,
+        timeout: Duration,
+    ) -> Result<(Response<()>, Vec<u8>), Failure>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BodyError>,
+    {
+        let (resp, _) = pool.clone().exchange(addr, conn, req, timeout).await?;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.map_err(|_| Failure::Exchange)?;
         Ok((Response::from_parts(parts, ()), bytes.to_bytes().to_vec()))
@@ -653,13 +665,10 @@ mod tests {
             buf: BytesMut::new(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         });
-        let (resp, _) = pool
-            .clone()
-            .exchange(addr, stale, get(Method::GET), Duration::from_secs(5))
+        let (_, body) = fetch_on(&pool, addr, stale, get(Method::GET), Duration::from_secs(5))
             .await
             .ok()
             .unwrap();
-        let body = resp.into_body().collect().await.ok().unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         // The backend now closes the pooled connection: it is not handed out again.
         drop(server.await.unwrap());
@@ -700,28 +709,22 @@ mod tests {
         let exchange = |timeout| {
             let conn = pool.take(addr);
             assert!(matches!(conn, Some(Conn::Pooled(..))));
-            let exchange = pool
-                .clone()
-                .exchange(addr, conn.unwrap(), get(Method::GET), timeout);
+            let exchange = fetch_on(&pool, addr, conn.unwrap(), get(Method::GET), timeout);
             // A timer that never fires fails the test instead of hanging it.
             tokio::time::timeout(Duration::from_secs(10), exchange)
         };
         let first = Conn::Fresh(connect(addr).await.unwrap());
-        let (resp, _) = pool
-            .clone()
-            .exchange(addr, first, get(Method::GET), Duration::from_secs(1))
+        fetch_on(&pool, addr, first, get(Method::GET), Duration::from_secs(1))
             .await
             .ok()
             .unwrap();
-        resp.into_body().collect().await.ok().unwrap();
         // The first request's deadline passes while the connection idles in the pool.
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let (resp, _) = exchange(Duration::from_secs(5))
+        let (_, body) = exchange(Duration::from_secs(5))
             .await
             .unwrap()
             .ok()
             .unwrap();
-        let body = resp.into_body().collect().await.ok().unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         let third = exchange(Duration::from_millis(300)).await.unwrap();
         assert!(matches!(third, Err(Failure::Timeout)));
