@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use super::{
-    codec::{self, invalid, Chunk, FieldLines, Fields, Framing, MAX_FIELDS, MAX_HEAD},
+    codec::{self, invalid, Chunk, FieldLines, Fields, Framing, Summary, MAX_FIELDS, MAX_HEAD},
     forward::BodyError,
 };
 
@@ -327,9 +327,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let all = &*parsed.headers;
-    let connection = codec::Connection::of(all);
-    let body = codec::BodyFields::of(all);
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut fields = Fields::default();
+    let Summary {
+        connection, body, ..
+    } = fields.read(parsed.headers, buf, switching);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -351,17 +353,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     } else {
         Framing::Close
     };
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let keeps_open = version == Version::HTTP_11
         && !switching
         && !connection.close
         && !matches!(framing, Framing::Close);
-    let mut fields = Fields::NONE;
-    fields.note(
-        all.iter()
-            .filter(|f| switching || !connection.hop_by_hop(f, all)),
-        buf,
-    );
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
@@ -763,7 +758,7 @@ mod tests {
                 .unwrap()
         };
         let h = head(
-            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+            "HTTP/1.1 200 OK\r\nX-Hop: 0\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
              Keep-Alive: timeout=5\r\nTransfer-Encoding: gzip, chunked\r\nX-Keep: 2\r\n\r\n",
         );
         assert_eq!(h.lines.get(true), b"X-Keep: 2\r\n");

@@ -7,6 +7,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use arrayvec::ArrayVec;
 use bytes::{Buf, BufMut as _, Bytes, BytesMut};
 use hyper::{
     body::{Frame, SizeHint},
@@ -15,7 +16,7 @@ use hyper::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use super::forward::{BodyError, HOP_BY_HOP};
+use super::forward::BodyError;
 
 /// A head larger than this, or with more fields, is refused, as nginx's `proxy_buffer_size`
 /// and `large_client_header_buffers` do.
@@ -32,46 +33,138 @@ pub fn invalid(what: impl std::fmt::Display) -> io::Error {
 /// up front.
 const ADDED_FIELDS: usize = 8;
 
-/// Where the fields httparse found are in a head's bytes: name and value offsets and lengths.
-/// Kept on the stack; a head holds at most [`MAX_FIELDS`].
-pub struct Fields {
-    spans: [[u32; 4]; MAX_FIELDS],
-    count: usize,
+/// A field name the proxy acts on. A name is told apart by its length before its bytes are
+/// compared, so that the fields the proxy ignores, most of them, cost one comparison each.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Name {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    Date,
+    /// Another of [`HOP_BY_HOP`](super::forward::HOP_BY_HOP).
+    HopByHop,
+    Other,
 }
 
-impl Fields {
-    pub const NONE: Fields = Fields {
-        spans: [[0; 4]; MAX_FIELDS],
-        count: 0,
-    };
-
-    /// Notes where `parsed`, fields of the head in `buf`, are. Filled in place: a `Fields`
-    /// returned by value was copied, all 1.6 kB of it, per head.
-    pub fn note<'a>(
-        &mut self,
-        parsed: impl IntoIterator<Item = &'a httparse::Header<'a>>,
-        buf: &[u8],
-    ) {
-        let start = buf.as_ptr() as usize;
-        let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
-        self.count = 0;
-        for (span, f) in self.spans.iter_mut().zip(parsed) {
-            let name = f.name.as_bytes();
-            *span = [
-                at(name),
-                name.len() as u32,
-                at(f.value),
-                f.value.len() as u32,
-            ];
-            self.count += 1;
+impl Name {
+    pub fn of(name: &[u8]) -> Name {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            2 if is("te") => Name::HopByHop,
+            4 if is("date") => Name::Date,
+            7 if is("upgrade") => Name::Upgrade,
+            7 if is("trailer") => Name::HopByHop,
+            10 if is("connection") => Name::Connection,
+            10 if is("keep-alive") => Name::HopByHop,
+            14 if is("content-length") => Name::ContentLength,
+            16 if is("proxy-connection") => Name::HopByHop,
+            17 if is("transfer-encoding") => Name::TransferEncoding,
+            18 if is("proxy-authenticate") => Name::HopByHop,
+            _ => Name::Other,
         }
     }
 
+    /// Whether the field describes one hop's connection rather than the message (RFC 9110
+    /// §7.6.1).
+    pub fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection | Name::TransferEncoding | Name::Upgrade | Name::HopByHop
+        )
+    }
+}
+
+/// What a head's fields say about its connection and its body.
+#[derive(Default)]
+pub struct Summary<'a> {
+    pub connection: Connection,
+    pub body: BodyFields<'a>,
+    /// The first `Upgrade` value.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// Where a field httparse found is in its head's bytes, and what its name is.
+#[derive(Clone, Copy)]
+struct Span {
+    name: Name,
+    name_at: u32,
+    name_len: u32,
+    value_at: u32,
+    value_len: u32,
+}
+
+/// The fields of a head, as where they are in its bytes. Kept on the stack and left
+/// uninitialised past the fields a head has (at most [`MAX_FIELDS`]).
+#[derive(Default)]
+pub struct Fields {
+    spans: ArrayVec<Span, MAX_FIELDS>,
+}
+
+impl Fields {
+    /// Reads `parsed`, the fields of the head in `buf`, in one pass: notes where those that go
+    /// on are, and returns what they say. The hop-by-hop ones do not go on unless
+    /// `keep_hop_by_hop` (a switch of protocols keeps them: they are the client's).
+    pub fn read<'a>(
+        &mut self,
+        parsed: &[httparse::Header<'a>],
+        buf: &[u8],
+        keep_hop_by_hop: bool,
+    ) -> Summary<'a> {
+        let start = buf.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - start) as u32;
+        let mut summary = Summary::default();
+        self.spans.clear();
+        for f in parsed {
+            let name = Name::of(f.name.as_bytes());
+            match name {
+                Name::Connection => summary.connection.read(f.value),
+                Name::ContentLength => {
+                    summary.body.lengths += 1;
+                    summary.body.length = summary.body.length.or(Some(f.value));
+                }
+                Name::TransferEncoding => summary.body.coding = list(f.value).next_back(),
+                Name::Upgrade => summary.upgrade = summary.upgrade.or(Some(f.value)),
+                _ => {}
+            }
+            if name.hop_by_hop() && !keep_hop_by_hop {
+                continue;
+            }
+            let span = Span {
+                name,
+                name_at: at(f.name.as_bytes()),
+                name_len: f.name.len() as u32,
+                value_at: at(f.value),
+                value_len: f.value.len() as u32,
+            };
+            if self.spans.try_push(span).is_err() {
+                break; // httparse gives at most MAX_FIELDS.
+            }
+        }
+        if summary.connection.names_fields && !keep_hop_by_hop {
+            // Fields that Connection names are hop-by-hop too.
+            let named = |span: &Span| {
+                let name = &buf[span.name_at as usize..][..span.name_len as usize];
+                parsed
+                    .iter()
+                    .filter(|f| Name::of(f.name.as_bytes()) == Name::Connection)
+                    .flat_map(|f| list(f.value))
+                    .any(|t| t.eq_ignore_ascii_case(name))
+            };
+            self.spans.retain(|span| !named(span));
+        }
+        summary
+    }
+
     /// Where each field's name and value are in the head.
-    fn ranges(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
-        self.spans[..self.count].iter().map(|span| {
-            let [name_at, name_len, value_at, value_len] = span.map(|n| n as usize);
-            (name_at..name_at + name_len, value_at..value_at + value_len)
+    fn ranges(&self) -> impl Iterator<Item = (Name, Range<usize>, Range<usize>)> + '_ {
+        self.spans.iter().map(|span| {
+            let (name_at, value_at) = (span.name_at as usize, span.value_at as usize);
+            (
+                span.name,
+                name_at..name_at + span.name_len as usize,
+                value_at..value_at + span.value_len as usize,
+            )
         })
     }
 
@@ -79,8 +172,8 @@ impl Fields {
     /// values share the head's bytes rather than each taking a copy.
     pub fn take(&self, buf: &mut BytesMut, len: usize) -> io::Result<(HeaderMap, Bytes)> {
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(self.count + ADDED_FIELDS);
-        for (name, value) in self.ranges() {
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + ADDED_FIELDS);
+        for (_, name, value) in self.ranges() {
             headers.append(
                 HeaderName::from_bytes(&head[name]).map_err(invalid)?,
                 HeaderValue::from_maybe_shared(head.slice(value)).map_err(invalid)?,
@@ -93,18 +186,16 @@ impl Fields {
     pub fn lines(&self, buf: &mut BytesMut, len: usize) -> FieldLines {
         let head = buf.split_to(len);
         // A field grows by at most a space after its colon and a CR before its LF.
-        let mut out = BytesMut::with_capacity(len + 2 * self.count);
-        let mut date = false;
+        let mut out = BytesMut::with_capacity(len + 2 * self.spans.len());
         let mut length_at = 0;
         for lengths in [false, true] {
             length_at = out.len();
             // Neighbouring lines already in the regular form are copied as one piece.
             let mut run = 0..0;
-            for (name, value) in self.ranges() {
-                if head[name.clone()].eq_ignore_ascii_case(b"content-length") != lengths {
+            for (kind, name, value) in self.ranges() {
+                if (kind == Name::ContentLength) != lengths {
                     continue;
                 }
-                date |= head[name.clone()].eq_ignore_ascii_case(b"date");
                 let line = name.start..value.end + 2;
                 let regular = head.get(name.end..value.start) == Some(b": ")
                     && head.get(value.end..line.end) == Some(b"\r\n");
@@ -125,7 +216,7 @@ impl Fields {
         FieldLines {
             bytes: out.freeze(),
             length_at,
-            date,
+            date: self.spans.iter().any(|span| span.name == Name::Date),
         }
     }
 }
@@ -210,41 +301,23 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Reads the fields' `Connection` values.
-    pub fn of(fields: &[httparse::Header<'_>]) -> Connection {
-        let mut c = Connection::default();
-        for f in fields
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-        {
-            for t in list(f.value) {
-                let (close, keep_alive) = (
-                    t.eq_ignore_ascii_case(b"close"),
-                    t.eq_ignore_ascii_case(b"keep-alive"),
-                );
-                c.close |= close;
-                c.keep_alive |= keep_alive;
-                c.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
-                c.names_fields |= !close && !keep_alive;
-            }
+    /// Reads one `Connection` field's value.
+    fn read(&mut self, value: &[u8]) {
+        for t in list(value) {
+            let (close, keep_alive) = (
+                t.eq_ignore_ascii_case(b"close"),
+                t.eq_ignore_ascii_case(b"keep-alive"),
+            );
+            self.close |= close;
+            self.keep_alive |= keep_alive;
+            self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+            self.names_fields |= !close && !keep_alive;
         }
-        c
-    }
-
-    /// Whether `f`, one of `fields`, describes one hop's connection rather than the message: a
-    /// name of [`HOP_BY_HOP`], or one that `Connection` names.
-    pub fn hop_by_hop(&self, f: &httparse::Header<'_>, fields: &[httparse::Header<'_>]) -> bool {
-        HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h))
-            || self.names_fields
-                && fields
-                    .iter()
-                    .filter(|c| c.name.eq_ignore_ascii_case("connection"))
-                    .flat_map(|c| list(c.value))
-                    .any(|t| t.eq_ignore_ascii_case(f.name.as_bytes()))
     }
 }
 
 /// The fields a message body's length comes from (RFC 9112 §6.3), read from the parsed bytes.
+#[derive(Default)]
 pub struct BodyFields<'a> {
     /// The last transfer coding named; `Some` whenever `Transfer-Encoding` came.
     pub coding: Option<&'a [u8]>,
@@ -252,25 +325,6 @@ pub struct BodyFields<'a> {
     pub length: Option<&'a [u8]>,
     /// How many `Content-Length` fields came.
     pub lengths: usize,
-}
-
-impl<'a> BodyFields<'a> {
-    pub fn of(fields: &[httparse::Header<'a>]) -> BodyFields<'a> {
-        let mut b = BodyFields {
-            coding: None,
-            length: None,
-            lengths: 0,
-        };
-        for f in fields {
-            if f.name.eq_ignore_ascii_case("transfer-encoding") {
-                b.coding = list(f.value).next_back();
-            } else if f.name.eq_ignore_ascii_case("content-length") {
-                b.lengths += 1;
-                b.length = b.length.or(Some(f.value));
-            }
-        }
-        b
-    }
 }
 
 /// The items of a comma-separated field value, trimmed.
@@ -421,5 +475,34 @@ pub fn poll_frame<R: AsyncRead + Unpin>(
             framing.at_eof()?;
             return Poll::Ready(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::forward::HOP_BY_HOP;
+
+    /// The names one pass over a head tells apart are those the HTTP/2 path strips by name
+    /// (RFC 9110 §7.6.1), in any case, and no others.
+    #[test]
+    fn hop_by_hop_names_are_the_listed_ones() {
+        for name in HOP_BY_HOP {
+            assert!(Name::of(name.as_bytes()).hop_by_hop(), "{name}");
+            let upper = name.to_ascii_uppercase();
+            assert!(Name::of(upper.as_bytes()).hop_by_hop(), "{upper}");
+        }
+        for name in [
+            "date",
+            "content-length",
+            "connectio",
+            "x-connection",
+            "tee",
+            "",
+        ] {
+            assert!(!Name::of(name.as_bytes()).hop_by_hop(), "{name}");
+        }
+        assert_eq!(Name::of(b"Content-Length"), Name::ContentLength);
+        assert_eq!(Name::of(b"DATE"), Name::Date);
     }
 }

@@ -28,7 +28,10 @@ use tokio::{
 };
 
 use super::{
-    codec::{self, Chunk, FieldLines, Fields, Framing, MAX_FIELDS, MAX_HEAD, READ_SIZE},
+    codec::{
+        self, BodyFields, Chunk, FieldLines, Fields, Framing, Summary, MAX_FIELDS, MAX_HEAD,
+        READ_SIZE,
+    },
     forward::{Answer, Body, BodyError, Tunnel, Upgrade},
     MAX_REQUESTS_PER_CONNECTION,
 };
@@ -384,23 +387,24 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let all = &*parsed.headers;
-    let connection = codec::Connection::of(all);
-    let framing = request_framing(all, parts.version);
+    let mut fields = Fields::default();
+    let Summary {
+        connection,
+        body,
+        upgrade,
+    } = fields.read(parsed.headers, buf, false);
+    let framing = request_framing(&body, parts.version);
     let keep_alive = match parts.version {
         Version::HTTP_11 => !connection.close,
         _ => connection.keep_alive,
     };
-    let upgrade = (parts.version == Version::HTTP_11 && connection.upgrade)
-        .then(|| all.iter().find(|f| f.name.eq_ignore_ascii_case("upgrade")))
-        .flatten()
-        .map(|f| HeaderValue::from_bytes(f.value).map_err(bad))
+    let upgrade = upgrade
+        .filter(|_| parts.version == Version::HTTP_11 && connection.upgrade)
+        .map(|v| HeaderValue::from_bytes(v).map_err(bad))
         .transpose()?;
     let target = parsed.path.unwrap_or("");
     let at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + target.len();
-    let mut fields = Fields::NONE;
-    fields.note(all.iter().filter(|f| !connection.hop_by_hop(f, all)), buf);
     let head;
     (parts.headers, head) = fields.take(buf, len).map_err(bad)?;
     // Shares the head's bytes, as the field values do.
@@ -418,11 +422,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
 /// How the request's body is delimited (RFC 9112 §6.3). Both `Transfer-Encoding` and
 /// `Content-Length`, or a length that is not one number, is refused as nginx does: either
 /// could be a request smuggled past another hop.
-fn request_framing(
-    fields: &[httparse::Header<'_>],
-    version: Version,
-) -> Result<Framing, StatusCode> {
-    let body = codec::BodyFields::of(fields);
+fn request_framing(body: &BodyFields<'_>, version: Version) -> Result<Framing, StatusCode> {
     if let Some(coding) = body.coding {
         if !coding.eq_ignore_ascii_case(b"chunked")
             || version == Version::HTTP_10
