@@ -18,9 +18,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::{
     body::{Body, Frame, SizeHint},
-    header,
-    http::request,
-    Method, Request, Response, StatusCode, Version,
+    header, Method, Request, Response, StatusCode, Version,
 };
 use tokio::{
     io::AsyncWriteExt as _,
@@ -108,12 +106,13 @@ impl Backends {
     /// Sends `req` and reads the response head within `timeout`: the response, whose header map
     /// is empty, and its fields as lines. The response body returns the connection to the pool
     /// once read to its end; a `101` answer's body becomes the tunnel to the backend
-    /// ([`Upstream::into_tunnel`]).
+    /// ([`Upstream::into_tunnel`]). The request is boxed: it moves through several futures on
+    /// its way here, a copy of its 300 bytes each time.
     pub async fn exchange<B>(
         self: Arc<Self>,
         addr: SocketAddr,
         conn: Conn,
-        req: Request<B>,
+        mut req: Box<Request<B>>,
         timeout: Duration,
     ) -> Result<(Response<Upstream>, FieldLines), Failure>
     where
@@ -131,16 +130,14 @@ impl Backends {
             Conn::Fresh(s) => (s, BytesMut::new(), Box::pin(sleep_until(deadline)), false),
         };
         let work = async move {
-            let (parts, body) = req.into_parts();
-            let length = body.size_hint().exact();
-            let head_request = parts.method == Method::HEAD;
-            let mut body = (!body.is_end_stream()).then_some(body);
-            let has_body = body.is_some();
+            let length = req.body().size_hint().exact();
+            let head_request = req.method() == Method::HEAD;
+            let has_body = !req.body().is_end_stream();
             loop {
-                encode_head(&parts, length, &mut buf);
-                let sent = send(&mut stream, body.take(), length, head_request, &mut buf);
-                match sent.await {
-                    Ok(resp) => break Ok((stream, buf, resp, parts.version)),
+                encode_head(&req, length, &mut buf);
+                let body = has_body.then(|| req.body_mut());
+                match send(&mut stream, body, length, head_request, &mut buf).await {
+                    Ok(resp) => break Ok((stream, buf, resp, req.version())),
                     // A pooled connection the backend closed before answering anything: the
                     // request goes again on a new one, unless its body is spent already.
                     Err(e) if pooled && buf.is_empty() && !has_body && closed(&e) => {
@@ -212,22 +209,22 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// The request line and header fields, into `out`; `length`: the body's, when known up front
 /// (otherwise it is chunked).
-fn encode_head(parts: &request::Parts, length: Option<u64>, out: &mut BytesMut) {
-    out.reserve(256 + parts.headers.len() * 32);
-    out.put_slice(parts.method.as_str().as_bytes());
+fn encode_head<B>(req: &Request<B>, length: Option<u64>, out: &mut BytesMut) {
+    out.reserve(256 + req.headers().len() * 32);
+    out.put_slice(req.method().as_str().as_bytes());
     out.put_u8(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.put_slice(target.as_bytes());
-    out.put_slice(match parts.version {
+    out.put_slice(match req.version() {
         Version::HTTP_10 => b" HTTP/1.0\r\n",
         _ => b" HTTP/1.1\r\n",
     });
-    codec::put_fields(out, &parts.headers);
+    codec::put_fields(out, req.headers());
     match length {
         None => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Some(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {}
+        Some(_) if req.headers().contains_key(header::CONTENT_LENGTH) => {}
         Some(len) => {
-            if len > 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            if len > 0 || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
                 codec::put_field(out, "content-length", len);
             }
         }
@@ -239,7 +236,7 @@ fn encode_head(parts: &request::Parts, length: Option<u64>, out: &mut BytesMut) 
 /// answers other than `101` are skipped). `buf` keeps what was read past the head.
 async fn send<B>(
     stream: &mut TcpStream,
-    body: Option<B>,
+    body: Option<&mut B>,
     length: Option<u64>,
     head_request: bool,
     buf: &mut BytesMut,
@@ -254,7 +251,7 @@ where
         return Err(e);
     }
     let chunked = length.is_none();
-    if let Some(mut body) = body {
+    if let Some(body) = body {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| io::Error::other(e.into()))?;
             let Ok(data) = frame.into_data() else {
@@ -500,7 +497,10 @@ mod tests {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
-        let (resp, _) = pool.clone().exchange(addr, conn, req, timeout).await?;
+        let (resp, _) = pool
+            .clone()
+            .exchange(addr, conn, Box::new(req), timeout)
+            .await?;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.map_err(|_| Failure::Exchange)?;
         Ok((Response::from_parts(parts, ()), bytes.to_bytes().to_vec()))

@@ -380,7 +380,7 @@ impl Answer {
 /// Serves one request: 503 with no usable backend (B4.17), 502 when the backend fails, 504 when
 /// it does not answer within `RequestTimeout` (B9.8).
 pub async fn handle<B>(
-    req: Request<B>,
+    req: Box<Request<B>>,
     route: Arc<Route>,
     client: Client,
     shared: Arc<Shared>,
@@ -432,7 +432,7 @@ where
 }
 
 async fn respond<B>(
-    mut req: Request<B>,
+    mut req: Box<Request<B>>,
     route: &Arc<Route>,
     client: &Client,
     shared: &Shared,
@@ -496,7 +496,7 @@ where
     let method = req.method().clone();
     let gzip = route.http.gzip && gzip::accepts(req.headers());
     let upgrading = upgrade.is_some();
-    backend_request(&mut req, route, client, host, upgrade);
+    backend_request(&mut *req, route, client, host, upgrade);
     let timeout = std::time::Duration::from_secs(route.http.request_timeout.into());
     let exchange = {
         let route = route.clone();

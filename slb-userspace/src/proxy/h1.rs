@@ -175,7 +175,7 @@ pub async fn serve<S, H, F>(
     mut handle: H,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: FnMut(Request<ClientBody<S>>) -> F,
+    H: FnMut(Box<Request<ClientBody<S>>>) -> F,
     F: Future<Output = Answer>,
 {
     let (read, mut write) = tokio::io::split(io);
@@ -263,7 +263,7 @@ pub async fn serve<S, H, F>(
             resp,
             lines,
             tunnel,
-        } = handle(Request::from_parts(parts, body)).await;
+        } = handle(Box::new(Request::from_parts(parts, body))).await;
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(tunnel)) = (resp.status(), tunnel) {
             break Ok(End::Tunnel(Box::new((resp, tunnel))));
         }

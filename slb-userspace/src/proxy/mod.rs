@@ -636,7 +636,7 @@ impl Connection {
                 async move {
                     // An HTTP/2 request's answer has its fields in its map, not as lines.
                     let forward::Answer { resp, tunnel, .. } =
-                        forward::handle(req, route, peer, shared).await;
+                        forward::handle(Box::new(req), route, peer, shared).await;
                     if let (Some(tunnel), Some(upgraded)) = (tunnel, upgraded) {
                         tokio::spawn(async move {
                             match upgraded.await {
