@@ -22,7 +22,7 @@ use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf, ReadHalf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf, ReadHalf, WriteHalf},
     sync::{oneshot, watch},
     time::Instant,
 };
@@ -179,10 +179,10 @@ pub async fn serve<S, H, F>(
     F: Future<Output = Answer>,
 {
     let (read, mut write) = tokio::io::split(io);
-    let mut reader = Some(Reader {
+    let mut r = Reader {
         io: read,
         buf: BytesMut::new(),
-    });
+    };
     let mut out = BytesMut::new();
     let mut served = 0;
     // One wait for the stop per connection rather than one per request.
@@ -193,9 +193,6 @@ pub async fn serve<S, H, F>(
     let mut idle_since = Instant::now();
     let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle));
     let end = 'requests: loop {
-        let Some(mut r) = reader.take() else {
-            break Ok(End::Close);
-        };
         // Stopping closes a connection that waits for its next request.
         let waiting = r.buf.is_empty();
         if waiting {
@@ -216,83 +213,32 @@ pub async fn serve<S, H, F>(
                 }
             }
         };
-        let Head {
-            mut parts,
-            framing,
-            keep_alive,
-        } = match head {
+        let head = match head {
             Ok(Some(head)) => head,
             Ok(None) | Err(Refused::Gone) => break Ok(End::Close),
             Err(Refused::Status(status)) => break Ok(End::Refuse(status)),
         };
         served += 1;
-        let framing = match framing {
-            Ok(f) => f,
+        let keep_alive = head.keep_alive && served < MAX_REQUESTS_PER_CONNECTION;
+        let ready = match head.ready(r, keep_alive) {
+            Ok(ready) => ready,
             Err(status) => break Ok(End::Refuse(status)),
         };
-        let keep_alive = keep_alive && served < MAX_REQUESTS_PER_CONNECTION;
-        let head_request = parts.method == Method::HEAD;
-        let version = parts.version;
-        let (body, back) = if framing.done() {
-            reader = Some(r);
-            (
-                ClientBody {
-                    reading: None,
-                    back: None,
-                },
-                None,
-            )
-        } else {
-            if parts.headers.contains_key(header::EXPECT) {
-                // Answered here, at once (RFC 9110 §10.1.1), rather than by the backend.
-                parts.headers.remove(header::EXPECT);
-                if version == Version::HTTP_11 {
-                    if let Err(e) = write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await {
-                        break Err(e);
-                    }
-                }
-            }
-            let (tx, rx) = oneshot::channel();
-            let body = ClientBody {
-                reading: Some((r, framing)),
-                back: Some(tx),
-            };
-            (body, Some(rx))
-        };
-        let Answer {
-            resp,
-            lines,
-            tunnel,
-        } = handle(Box::new(Request::from_parts(parts, body))).await;
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(tunnel)) = (resp.status(), tunnel) {
-            break Ok(End::Tunnel(Box::new((resp, tunnel))));
-        }
-        let mut close = !keep_alive || *stopped.borrow();
-        let written = respond(
+        // Boxed: a task is as large as the largest state it may be in, and a request's work is
+        // several times what a connection needs while it waits for the next request, as 10,000
+        // idle keep-alive connections do.
+        let step = Box::pin(request(
+            ready,
             &mut write,
             &mut out,
-            resp,
-            lines,
-            head_request,
-            version,
-            close,
-        );
-        match written.await {
-            Ok(complete) => close |= !complete,
+            &mut handle,
+            &stopped,
+            idle,
+        ));
+        match step.await {
+            Ok(Step::Next(next)) => r = next,
+            Ok(Step::End(end)) => break Ok(end),
             Err(e) => break Err(e),
-        }
-        if let Some(back) = back {
-            // The body comes back once the exchange is done with it; what is left unread is
-            // skipped so that the next request can be found.
-            reader = match tokio::time::timeout(idle, back).await {
-                Ok(Ok((mut r, mut framing))) => {
-                    drain(&mut r, &mut framing, idle).await.then_some(r)
-                }
-                _ => None,
-            };
-        }
-        if close {
-            break Ok(End::Close);
         }
         idle_since = Instant::now();
     };
@@ -300,30 +246,8 @@ pub async fn serve<S, H, F>(
         Ok(End::Close) if close_notify => write.shutdown().await,
         Ok(End::Close) => Ok(()),
         Ok(End::Refuse(status)) => refuse(&mut write, status).await,
-        Ok(End::Tunnel(upgrade)) => match reader {
-            Some(Reader { io, buf }) => {
-                let (resp, tunnel) = *upgrade;
-                let head_request = false;
-                match respond(
-                    &mut write,
-                    &mut out,
-                    resp,
-                    None,
-                    head_request,
-                    Version::HTTP_11,
-                    false,
-                )
-                .await
-                {
-                    Ok(_) => {
-                        tunnel.relay(io.unsplit(write), buf.freeze()).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            None => Ok(()),
-        },
+        // Boxed for the same reason as a request.
+        Ok(End::Tunnel(upgrade)) => Box::pin(switch(write, *upgrade)).await,
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -332,12 +256,149 @@ pub async fn serve<S, H, F>(
 }
 
 /// How a connection's request loop ended.
-enum End {
+enum End<S> {
     Close,
     /// With this error status.
     Refuse(StatusCode),
     /// With a `101`: the connection becomes a tunnel.
-    Tunnel(Box<(Response<Body>, Tunnel)>),
+    Tunnel(Box<(Response<Body>, Tunnel, Reader<S>)>),
+}
+
+/// What a request leaves its connection with.
+enum Step<S> {
+    /// The next request may come, on this read side.
+    Next(Reader<S>),
+    End(End<S>),
+}
+
+/// A request ready for its handler, and what its connection needs to know of it.
+struct Ready<S> {
+    req: Box<Request<ClientBody<S>>>,
+    /// The read side, unless the request body has it: then it comes back on `back`.
+    reader: Option<Reader<S>>,
+    back: Option<oneshot::Receiver<(Reader<S>, Framing)>>,
+    /// An HTTP/1.1 client waits for a `100 Continue` before it sends the body.
+    expects_continue: bool,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+}
+
+impl Head {
+    /// The request with its body, read from `r`, or the status that refuses it.
+    fn ready<S>(self, r: Reader<S>, keep_alive: bool) -> Result<Ready<S>, StatusCode> {
+        let Head {
+            mut parts, framing, ..
+        } = self;
+        let framing = framing?;
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let mut expects_continue = false;
+        let (body, reader, back) = if framing.done() {
+            let body = ClientBody {
+                reading: None,
+                back: None,
+            };
+            (body, Some(r), None)
+        } else {
+            // Answered here, at once (RFC 9110 §10.1.1), rather than by the backend.
+            expects_continue =
+                parts.headers.remove(header::EXPECT).is_some() && version == Version::HTTP_11;
+            let (tx, rx) = oneshot::channel();
+            let body = ClientBody {
+                reading: Some((r, framing)),
+                back: Some(tx),
+            };
+            (body, None, Some(rx))
+        };
+        Ok(Ready {
+            req: Box::new(Request::from_parts(parts, body)),
+            reader,
+            back,
+            expects_continue,
+            head_request,
+            version,
+            keep_alive,
+        })
+    }
+}
+
+/// Serves one request: hands it to `handle`, writes the answer, and takes the read side back
+/// once the request body is done with.
+async fn request<S, H, F>(
+    ready: Ready<S>,
+    write: &mut WriteHalf<S>,
+    out: &mut BytesMut,
+    handle: &mut H,
+    stopped: &watch::Receiver<bool>,
+    idle: Duration,
+) -> io::Result<Step<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(Box<Request<ClientBody<S>>>) -> F,
+    F: Future<Output = Answer>,
+{
+    let Ready {
+        req,
+        mut reader,
+        back,
+        expects_continue,
+        head_request,
+        version,
+        keep_alive,
+    } = ready;
+    if expects_continue {
+        write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let Answer {
+        resp,
+        lines,
+        tunnel,
+    } = handle(req).await;
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(tunnel)) = (resp.status(), tunnel) {
+        // A request with a body keeps the read side until the body is read: it does not
+        // switch.
+        return Ok(Step::End(match reader {
+            Some(r) => End::Tunnel(Box::new((resp, tunnel, r))),
+            None => End::Close,
+        }));
+    }
+    let mut close = !keep_alive || *stopped.borrow();
+    let complete = respond(write, out, resp, lines, head_request, version, close).await?;
+    close |= !complete;
+    if let Some(back) = back {
+        // The body comes back once the exchange is done with it; what is left unread is
+        // skipped so that the next request can be found.
+        reader = match tokio::time::timeout(idle, back).await {
+            Ok(Ok((mut r, mut framing))) => drain(&mut r, &mut framing, idle).await.then_some(r),
+            _ => None,
+        };
+    }
+    Ok(match reader {
+        Some(r) if !close => Step::Next(r),
+        _ => Step::End(End::Close),
+    })
+}
+
+/// Sends the `101` and relays bytes both ways from then on (B9.18).
+async fn switch<S: AsyncRead + AsyncWrite + Unpin>(
+    mut write: WriteHalf<S>,
+    (resp, tunnel, r): (Response<Body>, Tunnel, Reader<S>),
+) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    let head_request = false;
+    respond(
+        &mut write,
+        &mut out,
+        resp,
+        None,
+        head_request,
+        Version::HTTP_11,
+        false,
+    )
+    .await?;
+    tunnel.relay(r.io.unsplit(write), r.buf.freeze()).await;
+    Ok(())
 }
 
 async fn refuse<W: AsyncWrite + Unpin>(write: &mut W, status: StatusCode) -> io::Result<()> {

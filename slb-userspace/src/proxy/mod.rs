@@ -499,7 +499,7 @@ async fn accept_loop(
                         stop: stop.clone(),
                         shared: shared.clone(),
                     };
-                    tokio::spawn(conn.serve(stream));
+                    conn.spawn(stream);
                 }
                 Err(e) => {
                     // Out of descriptors or a client that reset first: keep serving.
@@ -560,17 +560,17 @@ impl Drop for Busy {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream) {
+    /// Serves the connection on a task of its own: a task is as large as the largest state
+    /// its future may be in, and a plain HTTP connection's is a fraction of the TLS and HTTP/2
+    /// paths', which idle HTTP connections would otherwise be sized for.
+    fn spawn(self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
         match route.tls.clone() {
-            None => self.serve_http1(stream, idle, false).await,
-            // Boxed: a task is as large as the largest path it may take, and the TLS and
-            // HTTP/2 paths are several times larger than the plain one that idle HTTP
-            // connections wait in.
-            Some(acceptor) => Box::pin(self.serve_tls(stream, acceptor, idle)).await,
-        }
+            None => tokio::spawn(self.serve_http1(stream, idle, false)),
+            Some(acceptor) => tokio::spawn(self.serve_tls(stream, acceptor, idle)),
+        };
     }
 
     async fn serve_tls(self, stream: TcpStream, acceptor: Arc<SslAcceptor>, idle: Duration) {
@@ -590,23 +590,29 @@ impl Connection {
             Err(_) => return log::debug!("client {}: TLS handshake timed out", self.peer),
         };
         if tls.ssl().selected_alpn_protocol() == Some(b"h2") {
-            self.serve_http2(TokioIo::new(tls), idle).await
+            // Boxed: HTTP/2's connection state is several times what an idle HTTP/1.1 one
+            // needs, and the task would be sized for it.
+            Box::pin(self.serve_http2(TokioIo::new(tls), idle)).await
         } else {
             self.serve_http1(tls, idle, true).await
         }
     }
 
-    async fn serve_http1<S>(self, io: S, idle: Duration, close_notify: bool)
+    fn serve_http1<S>(
+        self,
+        io: S,
+        idle: Duration,
+        close_notify: bool,
+    ) -> impl std::future::Future<Output = ()> + Send + use<S>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let client = forward::Client::new(self.peer);
         let (route, shared) = (self.route, self.shared);
-        h1::serve(io, idle, close_notify, self.stop, |req| {
+        h1::serve(io, idle, close_notify, self.stop, move |req| {
             let route = route.borrow().clone();
             forward::handle(req, route, client.clone(), shared.clone())
         })
-        .await;
     }
 
     async fn serve_http2<I>(mut self, io: I, idle: Duration)
