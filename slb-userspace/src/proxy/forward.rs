@@ -31,7 +31,7 @@ use super::{
     access::{self, Record},
     backend::{self, Conn, Failure},
     bandwidth,
-    codec::FieldLines,
+    codec::{FieldLines, Name},
     gzip, rules, sticky, Route, Shared,
 };
 use crate::config::StickySession;
@@ -39,19 +39,6 @@ use crate::config::StickySession;
 pub type Body = BoxBody<Bytes, BodyError>;
 /// Why a body ended early: the client's or the backend's connection failed.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Headers that describe one hop's connection, not the message (RFC 9110 §7.6.1), as
-/// `HeaderName::as_str` spells them.
-pub const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 const SLB_ID: HeaderName = HeaderName::from_static("slb-id");
 const SLB_IP: HeaderName = HeaderName::from_static("slb-ip");
@@ -123,7 +110,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    remove_where(headers, |k| HOP_BY_HOP.contains(&k.as_str()));
+    remove_where(headers, |k| Name::of(k.as_str().as_bytes()).hop_by_hop());
 }
 
 /// Removes the fields `pick` chooses. Scanning the few fields a message has costs less than a

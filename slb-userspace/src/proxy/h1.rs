@@ -279,8 +279,6 @@ struct Ready<S> {
     back: Option<oneshot::Receiver<(Reader<S>, Framing)>>,
     /// An HTTP/1.1 client waits for a `100 Continue` before it sends the body.
     expects_continue: bool,
-    head_request: bool,
-    version: Version,
     keep_alive: bool,
 }
 
@@ -291,8 +289,6 @@ impl Head {
             mut parts, framing, ..
         } = self;
         let framing = framing?;
-        let head_request = parts.method == Method::HEAD;
-        let version = parts.version;
         let mut expects_continue = false;
         let (body, reader, back) = if framing.done() {
             let body = ClientBody {
@@ -303,7 +299,7 @@ impl Head {
         } else {
             // Answered here, at once (RFC 9110 §10.1.1), rather than by the backend.
             expects_continue =
-                parts.headers.remove(header::EXPECT).is_some() && version == Version::HTTP_11;
+                parts.headers.remove(header::EXPECT).is_some() && parts.version == Version::HTTP_11;
             let (tx, rx) = oneshot::channel();
             let body = ClientBody {
                 reading: Some((r, framing)),
@@ -316,8 +312,6 @@ impl Head {
             reader,
             back,
             expects_continue,
-            head_request,
-            version,
             keep_alive,
         })
     }
@@ -343,10 +337,10 @@ where
         mut reader,
         back,
         expects_continue,
-        head_request,
-        version,
         keep_alive,
     } = ready;
+    let head_request = req.method() == Method::HEAD;
+    let version = req.version();
     if expects_continue {
         write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
