@@ -475,6 +475,8 @@ fn free(addr: SocketAddr) -> std::io::Result<()> {
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket(addr)?;
     socket.set_reuseport(true)?;
+    // Accepted connections inherit it: one call per listener, not one per connection.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(4096)?.into_std()
 }
@@ -489,6 +491,9 @@ async fn accept_loop(
         Ok(l) => l,
         Err(e) => return log::error!("registering a listening socket: {e}"),
     };
+    // One wait for the stop rather than one per connection accepted.
+    let stopped = stop.clone();
+    let mut stopping = std::pin::pin!(stop.changed());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -496,7 +501,7 @@ async fn accept_loop(
                     let conn = Connection {
                         peer,
                         route: route.clone(),
-                        stop: stop.clone(),
+                        stop: stopped.clone(),
                         shared: shared.clone(),
                     };
                     conn.spawn(stream);
@@ -507,7 +512,7 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stop.changed() => return,
+            _ = &mut stopping => return,
         }
     }
 }
@@ -567,7 +572,6 @@ impl Connection {
     /// task and writes the task's whole stage again when it ends, which for the connection's
     /// 800 bytes cost more than the allocation.
     fn spawn(self, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
         match route.tls.clone() {
@@ -708,5 +712,15 @@ mod tests {
         assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
         drop((first, second));
         free(addr).unwrap();
+    }
+
+    /// Answers go out as they are written, on connections that set nothing themselves.
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_to_send() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }
