@@ -565,12 +565,11 @@ impl Drop for Busy {
 }
 
 impl Connection {
-    /// Serves the connection on a task of its own: a task is as large as the largest state
-    /// its future may be in, and a plain HTTP connection's is a fraction of the TLS and HTTP/2
-    /// paths', which idle HTTP connections would otherwise be sized for. The future is boxed
-    /// before it is spawned: tokio moves a task's future several times on its way into the
-    /// task and writes the task's whole stage again when it ends, which for the connection's
-    /// 800 bytes cost more than the allocation.
+    /// Serves the connection on a task of its own, its future boxed. The box is as large as
+    /// the largest state the future may be in, and a plain HTTP connection's is a fraction of
+    /// the TLS and HTTP/2 paths', which idle HTTP connections would otherwise be sized for.
+    /// Unboxed, tokio moved the future's 800 bytes several times on its way into the task and
+    /// wrote the task's whole stage again when it ended, which cost more than the allocation.
     fn spawn(self, stream: TcpStream) {
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
