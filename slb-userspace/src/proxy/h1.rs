@@ -224,9 +224,9 @@ pub async fn serve<S, H, F>(
             Ok(ready) => ready,
             Err(status) => break Ok(End::Refuse(status)),
         };
-        // Boxed: a task is as large as the largest state it may be in, and a request's work is
-        // several times what a connection needs while it waits for the next request, as 10,000
-        // idle keep-alive connections do.
+        // Boxed: a connection's future is as large as the largest state it may be in, and a
+        // request's work is several times what a connection needs while it waits for the next
+        // request, as 10,000 idle keep-alive connections do.
         let step = Box::pin(request(
             ready,
             &mut write,
