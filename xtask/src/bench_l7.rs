@@ -12,17 +12,20 @@
 //! a freshly started proxy; then whether the proxy resumes a session offered back to it.
 //!
 //! Then the load, in [`ROUNDS`] rounds. Each round runs wrk straight against the backend (the
-//! baseline of "latency added"), then starts each proxy fresh, measures it and stops it:
+//! baseline of "latency added"), then case by case ([`Case`]) every proxy in turn, each freshly
+//! started for the case and stopped after it:
 //! 1. wrk over HTTP, then HTTPS: keep-alive (64 connections), a new connection per request
 //!    (`Connection: close`) and one keep-alive connection (unloaded latency); req/s, p50/p99
 //!    and the proxy's CPU over the window;
 //! 2. full TLS handshakes per second (`bench_l7_client.py`).
 //!
 //! On a 2-core machine one run is noise (the same code measured three times gave slb / nginx
-//! per CPU-second 0.80, 0.96 and 1.14), so every figure reported is the median over the rounds,
-//! and the order of the proxies rotates from round to round, so that none always runs first or
-//! last. Error counts are summed over the rounds instead, so that an error in any round shows;
-//! each record keeps its per-round throughput and p99 under `rounds`.
+//! per CPU-second 0.80, 0.96 and 1.14, and one proxy's rounds spread by a third), so the
+//! proxies are compared within a round, where their runs of a case follow each other within
+//! seconds: a ratio reported is the median of the per-round ratios. The order of the proxies
+//! rotates from case to case and round to round, so that none always runs first or last. Each
+//! proxy's own figures are medians over the rounds; error counts are summed instead, so that an
+//! error in any round shows; each record keeps its per-round throughput and p99 under `rounds`.
 use std::{
     collections::HashMap,
     fs::File,
@@ -235,6 +238,49 @@ impl Load {
     }
 }
 
+/// What a round measures on every proxy in turn, each time on a freshly started one.
+#[derive(Clone, Copy)]
+enum Case {
+    Wrk {
+        proto: &'static str,
+        port: u16,
+        load: Load,
+    },
+    /// Full TLS handshakes per second.
+    Handshakes,
+}
+
+impl Case {
+    const ALL: [Case; 7] = [
+        Case::wrk("http", HTTP_PORT, Load::KeepAlive),
+        Case::wrk("http", HTTP_PORT, Load::NewConnection),
+        Case::wrk("http", HTTP_PORT, Load::OneConnection),
+        Case::wrk("https", HTTPS_PORT, Load::KeepAlive),
+        Case::wrk("https", HTTPS_PORT, Load::NewConnection),
+        Case::wrk("https", HTTPS_PORT, Load::OneConnection),
+        Case::Handshakes,
+    ];
+
+    const fn wrk(proto: &'static str, port: u16, load: Load) -> Case {
+        Case::Wrk { proto, port, load }
+    }
+
+    /// Where its record sits in a proxy's results.
+    fn path(self) -> Vec<&'static str> {
+        match self {
+            Case::Wrk { proto, load, .. } => vec![proto, load.key()],
+            Case::Handshakes => vec!["tls_handshakes"],
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Case::Wrk { proto, load, .. } => format!("wrk over {proto}, {}", load.key()),
+            Case::Handshakes => "full TLS handshakes".into(),
+        }
+    }
+}
+
 struct Bench {
     slb: PathBuf,
     /// RLIMIT_NOFILE of every process started.
@@ -326,7 +372,7 @@ impl Bench {
             proxies[proxy.key()] = self.measure_once(proxy)?;
         }
         let url = format!("http://{}/", self.backend());
-        // Each round: `direct` and one entry per proxy, as load_run and measure_load give them.
+        // Each round: `direct` and one entry per proxy, shaped as the proxy's results.
         let mut rounds = Vec::new();
         for round in 0..ROUNDS {
             println!(
@@ -338,14 +384,24 @@ impl Bench {
                 direct.insert(load.key().into(), self.load_run(&url, load, &backend_pids)?);
             }
             let mut r = json!({ "direct": direct });
-            for i in 0..Proxy::ALL.len() {
-                let proxy = Proxy::ALL[(round + i) % Proxy::ALL.len()];
+            for (c, case) in Case::ALL.iter().enumerate() {
                 println!(
-                    "==> round {}/{ROUNDS}: {}: wrk over HTTP and HTTPS; TLS handshakes",
+                    "==> round {}/{ROUNDS}: {}: every proxy in turn",
                     round + 1,
-                    proxy.key()
+                    case.label()
                 );
-                r[proxy.key()] = self.measure_load(proxy)?;
+                for i in 0..Proxy::ALL.len() {
+                    let proxy = Proxy::ALL[(round + c + i) % Proxy::ALL.len()];
+                    let mut record = self.with_proxy(proxy, |pids| self.measure(*case, pids))?;
+                    if let Case::Wrk { load, .. } = case {
+                        add_latency_added(&mut record, &r["direct"][load.key()]);
+                    }
+                    let slot = case
+                        .path()
+                        .iter()
+                        .fold(&mut r[proxy.key()], |v, k| &mut v[*k]);
+                    *slot = record;
+                }
             }
             rounds.push(r);
         }
@@ -359,18 +415,16 @@ impl Bench {
         }
         for proxy in Proxy::ALL {
             let results = &mut proxies[proxy.key()];
-            for proto in ["http", "https"] {
-                for load in Load::ALL {
-                    let mut record = merged(&[proxy.key(), proto, load.key()]);
-                    add_latency_added(&mut record, &direct[load.key()]);
-                    results[proto][load.key()] = record;
-                }
+            for case in Case::ALL {
+                let mut path = vec![proxy.key()];
+                path.extend(case.path());
+                let slot = case.path().iter().fold(&mut *results, |v, k| &mut v[*k]);
+                *slot = merged(&path);
             }
-            results["tls_handshakes"] = merged(&[proxy.key(), "tls_handshakes"]);
         }
 
-        let (slb, nginx, haproxy) = (&proxies["slb"], &proxies["nginx"], &proxies["haproxy"]);
-        let verdicts = target_verdicts(slb, nginx);
+        let slb_over_nginx = ratios(&rounds, &proxies, Proxy::Slb, Proxy::Nginx);
+        let verdicts = target_verdicts(&slb_over_nginx);
         let met = verdicts.values().all(|v| v["met"] == true);
         let workers = workers();
         Ok(json!({
@@ -407,9 +461,11 @@ impl Bench {
                  offered and every connection is checked with SSL_session_reused (the run fails \
                  if one was resumed). Idle memory and resumes_sessions are measured once; the \
                  load (wrk and TLS handshakes) in {ROUNDS} rounds, each straight to the backend \
-                 first, then every proxy freshly started, the proxies' order rotating from round \
-                 to round. Every figure is the median of the {ROUNDS} rounds, error counts their \
-                 sum; `rounds` in each record holds the per-round throughput and p99",
+                 first, then case by case every proxy in turn, freshly started for the case, the \
+                 proxies' order rotating from case to case and round to round. Each proxy's \
+                 figures are medians of the {ROUNDS} rounds, error counts their sum; `rounds` in \
+                 each record holds the per-round throughput and p99. A ratio is the median of \
+                 the {ROUNDS} per-round ratios (idle memory: the ratio of the single results)",
                 WARMUP.as_secs(),
                 WINDOW.as_secs()
             ),
@@ -423,8 +479,8 @@ impl Bench {
             "direct": direct,
             "proxies": proxies,
             "ratios": {
-                "slb_over_nginx": ratios(slb, nginx),
-                "slb_over_haproxy": ratios(slb, haproxy),
+                "slb_over_nginx": slb_over_nginx,
+                "slb_over_haproxy": ratios(&rounds, &proxies, Proxy::Slb, Proxy::Haproxy),
             },
             "target": "per core, at least nginx's throughput and no worse p99 (keep-alive and new \
                  connection, HTTP and HTTPS)",
@@ -454,21 +510,15 @@ impl Bench {
         })
     }
 
-    /// One round's load on a freshly started proxy: wrk over HTTP and HTTPS, TLS handshakes.
-    fn measure_load(&self, proxy: Proxy) -> Result<Value> {
-        self.with_proxy(proxy, |pids| {
-            let mut runs = Map::new();
-            for (proto, port) in [("http", HTTP_PORT), ("https", HTTPS_PORT)] {
+    /// One case of a round on a freshly started proxy, with its process IDs.
+    fn measure(&self, case: Case, pids: &[u32]) -> Result<Value> {
+        match case {
+            Case::Wrk { proto, port, load } => {
                 let url = format!("{proto}://{}/", SocketAddr::new(self.vip(), port));
-                let mut by_load = Map::new();
-                for load in Load::ALL {
-                    by_load.insert(load.key().into(), self.load_run(&url, load, pids)?);
-                }
-                runs.insert(proto.into(), Value::Object(by_load));
+                self.load_run(&url, load, pids)
             }
-            runs.insert("tls_handshakes".into(), self.handshakes(pids)?);
-            Ok(Value::Object(runs))
-        })
+            Case::Handshakes => self.handshakes(pids),
+        }
     }
 
     /// Starts `proxy`, runs `f` with its process IDs, stops it.
@@ -1046,22 +1096,35 @@ fn ratio(a: &Value, b: &Value, path: &[&str]) -> Value {
     }
 }
 
-fn ratios(a: &Value, b: &Value) -> Value {
+/// `a` over `b` for every compared figure: the median of the per-round ratios, each between
+/// runs of one round, back to back, so that what drifts from round to round (the machine's
+/// neighbours, its caches) falls out; for what is measured once, the ratio of the two results.
+fn ratios(rounds: &[Value], results: &Value, a: Proxy, b: Proxy) -> Value {
     let mut out = Map::new();
     for (path, _, _) in COMPARED {
-        out.insert(path.join("."), ratio(a, b, path));
+        let per_round: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| ratio(&r[a.key()], &r[b.key()], path).as_f64())
+            .collect();
+        let r = if per_round.is_empty() {
+            ratio(&results[a.key()], &results[b.key()], path)
+        } else {
+            json!(median(per_round))
+        };
+        out.insert(path.join("."), r);
     }
     Value::Object(out)
 }
 
 /// The issue's target, case by case: slb's requests per CPU-second at least nginx's and its p99
-/// no worse.
-fn target_verdicts(slb: &Value, nginx: &Value) -> Map<String, Value> {
+/// no worse, from the ratios of [`ratios`].
+fn target_verdicts(slb_over_nginx: &Value) -> Map<String, Value> {
     let mut out = Map::new();
     for proto in ["http", "https"] {
         for load in [Load::KeepAlive, Load::NewConnection] {
-            let per_core = ratio(slb, nginx, &[proto, load.key(), "requests_per_cpu_s"]);
-            let p99 = ratio(slb, nginx, &[proto, load.key(), "p99_ms"]);
+            let key = |figure: &str| format!("{proto}.{}.{figure}", load.key());
+            let per_core = slb_over_nginx[key("requests_per_cpu_s")].clone();
+            let p99 = slb_over_nginx[key("p99_ms")].clone();
             let met = matches!((per_core.as_f64(), p99.as_f64()), (Some(t), Some(l)) if t >= 1.0 && l <= 1.0);
             out.insert(
                 format!("{proto}.{}", load.key()),
@@ -1102,8 +1165,8 @@ fn markdown(r: &Value) -> String {
             cell(at(slb, path), *digits),
             cell(at(nginx, path), *digits),
             cell(at(haproxy, path), *digits),
-            cell(&ratio(slb, nginx, path), 2),
-            cell(&ratio(slb, haproxy, path), 2),
+            cell(&r["ratios"]["slb_over_nginx"][path.join(".")], 2),
+            cell(&r["ratios"]["slb_over_haproxy"][path.join(".")], 2),
         ));
     }
     let yes_no = |v: &Value| match v.as_bool() {
@@ -1118,8 +1181,9 @@ fn markdown(r: &Value) -> String {
         yes_no(&haproxy["resumes_sessions"]),
     ));
     s.push_str(&format!(
-        "\nEach figure is the median of {} alternating rounds (the proxies' order rotates from \
-         round to round; idle memory and session resumption are measured once).\n",
+        "\nEach proxy's figure is the median of {} rounds; in each round every proxy runs each \
+         case in turn, freshly started, in an order that rotates. A ratio is the median of the \
+         per-round ratios. Idle memory and session resumption are measured once.\n",
         r["rounds"]
     ));
     let d = &r["direct"];
@@ -1442,6 +1506,23 @@ mod tests {
                 "p99_ms": [3.0, 1.0, 2.0],
             })
         );
+    }
+
+    #[test]
+    fn ratios_are_medians_of_the_rounds_ratios() {
+        let proxy =
+            |per_cpu: f64| json!({ "http": { "keepalive": { "requests_per_cpu_s": per_cpu } } });
+        let round = |slb: f64, nginx: f64| json!({ "slb": proxy(slb), "nginx": proxy(nginx) });
+        // Medians apart would give 100 / 100; paired, slb leads in two rounds of three.
+        let rounds = [round(90.0, 60.0), round(100.0, 120.0), round(120.0, 100.0)];
+        let results = json!({
+            "slb": { "idle_memory": { "http": { "bytes_per_connection": 600.0 } } },
+            "nginx": { "idle_memory": { "http": { "bytes_per_connection": 800.0 } } },
+        });
+        let r = ratios(&rounds, &results, Proxy::Slb, Proxy::Nginx);
+        assert_eq!(r["http.keepalive.requests_per_cpu_s"], json!(1.2));
+        assert_eq!(r["idle_memory.http.bytes_per_connection"], json!(0.75));
+        assert_eq!(r["http.keepalive.p99_ms"], Value::Null);
     }
 
     #[test]
