@@ -78,9 +78,11 @@ fn get(vip: SocketAddr, extra: &str) -> anyhow::Result<Reply> {
 }
 
 /// B4.15, B4.17, B5.4, B9.1–B9.4, B9.7–B9.11, B9.13: an HTTP listener over two backends; a
-/// forwarding rule's group is health-checked and steered like the listener's (B11.4, B4.15).
+/// forwarding rule's group is health-checked and steered like the listener's (B11.4, B4.15);
+/// the request metrics count what every worker served.
 #[test]
 fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
+    const API_PORT: u16 = 18_672;
     if !tests::is_root() {
         eprintln!("skipped: needs root for namespaces and XDP");
         return Ok(());
@@ -110,14 +112,18 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
         .map(|b| format!("{{ ServerId = \"{}\" }}", b.v4))
         .collect();
     let agent = LabAgent::new(&lab, "l7")?;
+    let keys = agent.keys("l7", "l7secret")?;
     let serve = agent.start(&format!(
-        "\n[[LoadBalancers]]\nLoadBalancerId = \"lb-l7\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
+        "\n[Api]\nListen = \"127.0.0.1:{API_PORT}\"\nKeysFile = \"{}\"\nStatePath = \"{}\"\n\n\
+         [[LoadBalancers]]\nLoadBalancerId = \"lb-l7\"\nAddress = \"{}\"\nBackendServers = [{}]\n\
          VServerGroups = [ {{ VServerGroupId = \"rsp-b2\", BackendServers = [ {{ ServerId = \"{}\", Port = 8081 }} ] }} ]\n\
          [[LoadBalancers.Listeners]]\nListenerProtocol = \"http\"\nListenerPort = 80\nBackendServerPort = 8080\n\
          Scheduler = \"rr\"\nStickySession = \"off\"\nXForwardedFor_SLBID = \"on\"\nXForwardedFor_proto = \"on\"\n\
          IdleTimeout = 2\nRequestTimeout = 2\n\
          HealthCheck = \"on\"\nHealthCheckURI = \"/\"\nHealthCheckInterval = 1\nUnhealthyThreshold = 2\nHealthyThreshold = 2\n\
          Rules = [ {{ RuleId = \"rule-b2\", RuleName = \"b2\", Url = \"/only-b2\", VServerGroupId = \"rsp-b2\" }} ]\n",
+        keys.display(),
+        agent.dir.join("state.redb").display(),
         lab.vip_v4(),
         servers.join(", "),
         lab.backends()[1].v4,
@@ -185,6 +191,24 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
         );
         Ok(())
     }))?;
+
+    // Request metrics: every worker's responses, summed per backend (the connections above
+    // landed on both workers). rr gave each backend 3 of the first 6 requests, then b1 the
+    // HTTP/1.0 one, each 50 of the 100 on one connection, and b2 the last.
+    let metrics = in_netns(lab.lb_ns(), || -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], API_PORT)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })??;
+    for i in 0..2 {
+        let row = format!(
+            "slb_http_responses_total{{listener=\"lb-l7/http/80\",backend=\"{}\",code=\"2xx\"}} 54\n",
+            backend_addr(i)
+        );
+        assert!(metrics.contains(&row), "{row} in {metrics}");
+    }
 
     // B9.11: a client that leaves before the answer does not cut the backend exchange off.
     for b in backends.iter().flatten() {

@@ -46,39 +46,79 @@ struct Row {
     aborted: u64,
 }
 
-/// A listener and the backend that answered (`None`: the LB itself).
-type Key = (Arc<str>, Option<SocketAddr>);
-
-/// Request counters per listener and backend (`GET /metrics`).
-#[derive(Default)]
-pub struct Metrics {
-    rows: Mutex<BTreeMap<Key, Row>>,
+impl Row {
+    fn merge(&mut self, other: &Row) {
+        for (n, m) in self.responses.iter_mut().zip(other.responses) {
+            *n += m;
+        }
+        self.bytes += other.bytes;
+        self.seconds += other.seconds;
+        self.aborted += other.aborted;
+    }
 }
 
-impl Metrics {
+/// Per listener, per backend that answered (`None`: the LB itself).
+type Rows = BTreeMap<Arc<str>, BTreeMap<Option<SocketAddr>, Row>>;
+
+/// One worker's request counters, which only that worker writes: requests on different cores
+/// never wait for one lock nor pass a cache line back and forth. Aligned so that no other
+/// allocation shares its cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct Shard {
+    rows: Mutex<Rows>,
+}
+
+impl Shard {
     fn add(&self, r: &Record, bytes: u64, total: Duration, complete: bool) {
         let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
-        let row = rows.entry((r.listener.clone(), r.backend)).or_default();
+        // The listener's name is shared by every worker: cloned only for its first request.
+        if !rows.contains_key(&*r.listener) {
+            rows.insert(r.listener.clone(), BTreeMap::new());
+        }
+        let Some(backends) = rows.get_mut(&*r.listener) else {
+            return;
+        };
+        let row = backends.entry(r.backend).or_default();
         let class = usize::from(r.status.as_u16() / 100).clamp(1, 5) - 1;
         row.responses[class] += 1;
         row.bytes += bytes;
         row.seconds += total.as_secs_f64();
         row.aborted += u64::from(!complete);
     }
+}
+
+/// Request counters per listener and backend (`GET /metrics`): the sum of the workers' shards.
+#[derive(Default)]
+pub struct Metrics {
+    shards: Vec<Arc<Shard>>,
+}
+
+impl Metrics {
+    pub fn new(shards: Vec<Arc<Shard>>) -> Metrics {
+        Metrics { shards }
+    }
 
     /// Prometheus text format.
     pub fn render(&self) -> String {
-        let rows: Vec<_> = {
-            let rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
-            rows.iter().map(|(k, v)| (k.clone(), *v)).collect()
-        };
+        let mut sum = BTreeMap::<(Arc<str>, Option<SocketAddr>), Row>::new();
+        for shard in &self.shards {
+            let rows = shard.rows.lock().unwrap_or_else(PoisonError::into_inner);
+            for (listener, backends) in rows.iter() {
+                for (backend, row) in backends {
+                    sum.entry((listener.clone(), *backend))
+                        .or_default()
+                        .merge(row);
+                }
+            }
+        }
         let mut out = String::new();
-        let labels = |(listener, backend): &Key| {
+        let labels = |(listener, backend): &(Arc<str>, Option<SocketAddr>)| {
             let backend = backend.map_or_else(|| "-".to_string(), |b| b.to_string());
             format!("listener=\"{listener}\",backend=\"{backend}\"")
         };
         out.push_str("# HELP slb_http_responses_total Responses sent by HTTP/HTTPS listeners, by backend (\"-\": answered by the LB) and status class.\n# TYPE slb_http_responses_total counter\n");
-        for (k, row) in &rows {
+        for (k, row) in &sum {
             for (i, n) in row.responses.iter().enumerate().filter(|(_, n)| **n > 0) {
                 let _ = writeln!(
                     out,
@@ -111,7 +151,7 @@ impl Metrics {
         ];
         for (name, kind, help, value) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (k, row) in &rows {
+            for (k, row) in &sum {
                 let _ = writeln!(out, "{name}{{{}}} {}", labels(k), value(row));
             }
         }
@@ -121,7 +161,7 @@ impl Metrics {
 
 /// Wraps `resp`'s body so that its end (or the client leaving) writes the access log line and
 /// the metrics.
-pub fn logged(resp: Response<Body>, record: Record, metrics: Arc<Metrics>) -> Response<Body> {
+pub fn logged(resp: Response<Body>, record: Record, metrics: Arc<Shard>) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let body = Logged {
         inner: body,
@@ -136,7 +176,7 @@ struct Logged {
     inner: Body,
     record: Option<Record>,
     bytes: u64,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Shard>,
 }
 
 impl Logged {
@@ -208,5 +248,53 @@ impl Drop for Logged {
         // An empty body may never be polled.
         let complete = self.inner.is_end_stream();
         self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(listener: &Arc<str>, backend: Option<SocketAddr>, status: u16) -> Record {
+        Record {
+            listener: listener.clone(),
+            client: SocketAddr::from(([192, 0, 2, 1], 40000)),
+            method: hyper::Method::GET,
+            host: None,
+            path: PathAndQuery::from_static("/"),
+            version: "1.1",
+            backend,
+            status: StatusCode::from_u16(status).expect("a status code"),
+            start: Instant::now(),
+            head: Duration::ZERO,
+        }
+    }
+
+    /// Each worker counts in its own shard; `GET /metrics` shows their sum per listener and
+    /// backend.
+    #[test]
+    fn metrics_sum_the_workers_shards() {
+        let shards: Vec<Arc<Shard>> = (0..2).map(|_| Arc::default()).collect();
+        let metrics = Metrics::new(shards.clone());
+        let web: Arc<str> = "lb-1/http/80".into();
+        let b1 = Some(SocketAddr::from(([10, 0, 0, 1], 8080)));
+        let ms = Duration::from_millis;
+        shards[0].add(&record(&web, b1, 200), 64, ms(250), true);
+        shards[1].add(&record(&web, b1, 204), 36, ms(250), true);
+        shards[1].add(&record(&web, b1, 502), 0, ms(500), false);
+        shards[0].add(&record(&web, None, 503), 24, ms(1), true);
+        let text = metrics.render();
+        let labels = "listener=\"lb-1/http/80\",backend=\"10.0.0.1:8080\"";
+        for row in [
+            format!("slb_http_responses_total{{{labels},code=\"2xx\"}} 2\n"),
+            format!("slb_http_responses_total{{{labels},code=\"5xx\"}} 1\n"),
+            "slb_http_responses_total{listener=\"lb-1/http/80\",backend=\"-\",code=\"5xx\"} 1\n"
+                .to_string(),
+            format!("slb_http_response_body_bytes_total{{{labels}}} 100\n"),
+            format!("slb_http_request_duration_seconds_total{{{labels}}} 1\n"),
+            format!("slb_http_responses_aborted_total{{{labels}}} 1\n"),
+        ] {
+            assert!(text.contains(&row), "{row} in {text}");
+        }
     }
 }

@@ -91,10 +91,10 @@ impl Route {
     }
 }
 
-/// What a worker's listeners share: its backend connections, and the request metrics of all.
+/// What a worker's listeners share: its backend connections and its request counters.
 pub struct Shared {
     pub backends: Arc<backend::Backends>,
-    pub metrics: Arc<access::Metrics>,
+    pub metrics: Arc<access::Shard>,
 }
 
 /// A thread with a single-threaded runtime of its own that accepts on every listener, as an
@@ -109,7 +109,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(index: usize, metrics: Arc<access::Metrics>) -> std::io::Result<Worker> {
+    fn start(index: usize, metrics: Arc<access::Shard>) -> std::io::Result<Worker> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -220,13 +220,16 @@ impl Proxy {
     /// Starts one worker per core.
     pub fn new(health: Arc<Status>) -> Result<Proxy, ProxyError> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let metrics = Arc::new(access::Metrics::default());
-        let workers = (0..cores)
-            .map(|index| {
-                Worker::start(index, metrics.clone())
+        let shards: Vec<Arc<access::Shard>> = (0..cores).map(|_| Arc::default()).collect();
+        let workers = shards
+            .iter()
+            .enumerate()
+            .map(|(index, shard)| {
+                Worker::start(index, shard.clone())
                     .map_err(|source| ProxyError::Worker { index, source })
             })
             .collect::<Result<_, _>>()?;
+        let metrics = Arc::new(access::Metrics::new(shards));
         Ok(Proxy {
             health,
             metrics,

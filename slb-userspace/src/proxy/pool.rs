@@ -17,7 +17,7 @@ pub struct Pool {
     /// Member indices in the order `wrr`/`rr` hand them out.
     sequence: Vec<usize>,
     cursor: AtomicUsize,
-    /// Requests in flight per member, for `wlc`.
+    /// Requests in flight per member, counted for `wlc` only.
     active: Vec<AtomicUsize>,
 }
 
@@ -99,10 +99,14 @@ impl Pool {
         )
     }
 
-    /// Counts a request to `index` until the returned guard is dropped.
-    pub fn start(&self, index: usize) -> InFlight<'_> {
-        self.active[index].fetch_add(1, Ordering::Relaxed);
-        InFlight { pool: self, index }
+    /// Counts a request to `index` until the returned guard is dropped. Only `wlc` reads the
+    /// counts; under the other schedulers they are left alone, since every worker would write
+    /// them for every request.
+    pub fn start(&self, index: usize) -> Option<InFlight<'_>> {
+        (self.scheduler == Scheduler::Wlc).then(|| {
+            self.active[index].fetch_add(1, Ordering::Relaxed);
+            InFlight { pool: self, index }
+        })
     }
 }
 
