@@ -517,6 +517,20 @@ ListenerPort = 81
     // Certificate replacement: a reload points cert-app at a renewed certificate. New
     // handshakes get it; a connection made before goes on with its requests.
     let tls443 = SocketAddr::new(IpAddr::V4(vip), 443);
+    // Two requests written as two TLS records back to back: the agent's OpenSSL reads ahead, so
+    // both records may come in one read, and the second request is then served from OpenSSL's
+    // buffer with nothing more arriving on the socket.
+    let mut pipelined = in_netns(&ns, move || Http1Tls::connect(tls443))??;
+    pipelined
+        .stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: app.example\r\n\r\n")?;
+    pipelined
+        .stream
+        .write_all(b"GET /two HTTP/1.1\r\nHost: app.example\r\n\r\n")?;
+    for _ in 0..2 {
+        let head = pipelined.response()?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
     let mut before = in_netns(&ns, move || Http1Tls::connect(tls443))??;
     assert_eq!(before.cn, "app");
     assert!(before.get()?.starts_with("HTTP/1.1 200"));
@@ -628,6 +642,11 @@ impl Http1Tls {
     /// One keep-alive request; the response head (the body is read and dropped).
     fn get(&mut self) -> anyhow::Result<String> {
         write!(self.stream, "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")?;
+        self.response()
+    }
+
+    /// The next response's head; its body is read and dropped.
+    fn response(&mut self) -> anyhow::Result<String> {
         let head = read_head(&mut self.stream)?;
         let len: usize = head
             .lines()

@@ -175,6 +175,9 @@ fn settings(tls: &TlsSettings, ca: Option<&[X509]>) -> Result<SslAcceptorBuilder
     b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE | SslOptions::NO_RENEGOTIATION);
     // An idle connection gives its record buffers back (tens of KB each), as nginx's do.
     b.set_mode(SslMode::RELEASE_BUFFERS);
+    // A record is read with one call rather than its 5-byte header first and then its body:
+    // one system call fewer per request.
+    b.set_read_ahead(true);
     b.set_groups_list("X25519:P-256:P-384")?;
 
     let protocols: &'static [u8] = if tls.enable_http2 {
