@@ -192,9 +192,10 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
         Ok(())
     }))?;
 
-    // Request metrics: every worker's responses, summed per backend (the connections above
-    // landed on both workers). rr gave each backend 3 of the first 6 requests, then b1 the
-    // HTTP/1.0 one, each 50 of the 100 on one connection, and b2 the last.
+    // Request metrics: every worker's responses, summed per backend (the kernel spreads the
+    // nine connections above over the workers). rr gave each backend 3 of the first 6
+    // requests, then b1 the HTTP/1.0 one, each 50 of the 100 on one connection, and b2 the
+    // last.
     let metrics = in_netns(lab.lb_ns(), || -> anyhow::Result<String> {
         let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], API_PORT)))?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
