@@ -314,16 +314,12 @@ impl Proxy {
                 errors.push(e);
                 continue;
             }
-            // One socket that every worker waits on, as nginx's workers share theirs: a new
-            // connection goes to the worker that gets to accept it first, the one with time for
-            // it. With a socket per worker (`SO_REUSEPORT`) the kernel hashed connections onto
-            // workers blind to their load, and a busier worker's connections queued behind
-            // each other (HTTPS through the loopback rig, 8 connections: p90 1.5 ms, shared
-            // 0.8-0.9 ms).
-            let listeners = match listen(addr).and_then(|l| {
+            // A socket per worker: the kernel hands each new connection to one of them, so a
+            // connection wakes one worker only (nginx's `reuseport`).
+            let listeners = match free(addr).and_then(|()| {
                 self.workers
                     .iter()
-                    .map(|_| l.try_clone())
+                    .map(|_| listen(addr))
                     .collect::<std::io::Result<Vec<_>>>()
             }) {
                 Ok(l) => l,
@@ -471,10 +467,17 @@ fn socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// The listener's socket, non-blocking, not yet tied to a runtime; refused when something
-/// listens on `addr` already.
+/// Fails when something listens on `addr` already. The workers' sockets share the port
+/// (`SO_REUSEPORT`), and so would another process's that set it too; a plain bind first
+/// reports such a port as in use instead of splitting its connections.
+fn free(addr: SocketAddr) -> std::io::Result<()> {
+    socket(addr)?.bind(addr)
+}
+
+/// A worker's listening socket, non-blocking, not yet tied to a runtime.
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket(addr)?;
+    socket.set_reuseport(true)?;
     // Accepted connections inherit it: one call per listener, not one per connection.
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -700,15 +703,17 @@ impl Connection {
 mod tests {
     use super::*;
 
-    /// A port something else listens on is reported in use, not shared.
+    /// The workers share a port; a port something else listens on is reported in use.
     #[tokio::test]
-    async fn a_port_in_use_is_refused() {
+    async fn workers_share_a_port_that_was_free() {
         let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = first.local_addr().unwrap();
-        let taken = listen(addr).unwrap_err();
+        let second = listen(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let taken = free(addr).unwrap_err();
         assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
-        drop(first);
-        listen(addr).unwrap();
+        drop((first, second));
+        free(addr).unwrap();
     }
 
     /// Answers go out as they are written, on connections that set nothing themselves.
