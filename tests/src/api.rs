@@ -234,6 +234,19 @@ impl LabAgent {
         Ok(keys)
     }
 
+    /// `GET /metrics` from the agent's API on 127.0.0.1:`port` in the lab's LB namespace: the
+    /// whole response, head and text.
+    pub fn metrics(&self, port: u16) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        xtask::lab::in_netns(&self.lb_ns, move || -> anyhow::Result<String> {
+            let mut s = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })?
+    }
+
     /// Writes the `[Agent]` section followed by `rest` (more `[Agent]` keys may come first) as
     /// the configuration and starts `slb serve` with it in the lab's LB namespace.
     pub fn start(&self, rest: &str) -> anyhow::Result<Running> {

@@ -3,7 +3,7 @@
 //! to die, hang, answer slowly, answer 302/404/500 or the wrong UDP string, then recover.
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -619,13 +619,7 @@ fn a_dead_backend_leaves_the_xdp_path_and_comes_back() -> anyhow::Result<()> {
         "B4.6: the slave while the master is down"
     );
     let b2 = lab.backends()[1].v4;
-    let metrics = in_netns(lab.lb_ns(), move || -> anyhow::Result<String> {
-        let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], API_PORT)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    })??;
+    let metrics = agent.metrics(API_PORT)?;
     let row = format!(
         "slb_backend_healthy{{load_balancer_id=\"lb-hc\",listener=\"tcp/80\",server_id=\"{b2}\",backend=\"{b2}:8080\",check=\"tcp {b2}:8080\"}} 0\n"
     );

@@ -196,13 +196,7 @@ fn http_listener_proxies_to_healthy_backends() -> anyhow::Result<()> {
     // nine connections above over the workers). rr gave each backend 3 of the first 6
     // requests, then b1 the HTTP/1.0 one, each 50 of the 100 on one connection, and b2 the
     // last.
-    let metrics = in_netns(lab.lb_ns(), || -> anyhow::Result<String> {
-        let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], API_PORT)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    })??;
+    let metrics = agent.metrics(API_PORT)?;
     for i in 0..2 {
         let row = format!(
             "slb_http_responses_total{{listener=\"lb-l7/http/80\",backend=\"{}\",code=\"2xx\"}} 54\n",

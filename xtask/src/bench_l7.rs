@@ -396,11 +396,7 @@ impl Bench {
                     if let Case::Wrk { load, .. } = case {
                         add_latency_added(&mut record, &r["direct"][load.key()]);
                     }
-                    let slot = case
-                        .path()
-                        .iter()
-                        .fold(&mut r[proxy.key()], |v, k| &mut v[*k]);
-                    *slot = record;
+                    *at_mut(&mut r[proxy.key()], &case.path()) = record;
                 }
             }
             rounds.push(r);
@@ -418,8 +414,7 @@ impl Bench {
             for case in Case::ALL {
                 let mut path = vec![proxy.key()];
                 path.extend(case.path());
-                let slot = case.path().iter().fold(&mut *results, |v, k| &mut v[*k]);
-                *slot = merged(&path);
+                *at_mut(results, &case.path()) = merged(&path);
             }
         }
 
@@ -1085,6 +1080,11 @@ const COMPARED: &[(&[&str], &str, usize)] = &[
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
     path.iter().fold(v, |v, k| &v[*k])
+}
+
+/// The place at `path`, made (as null) where it is missing.
+fn at_mut<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
+    path.iter().fold(v, |v, k| &mut v[*k])
 }
 
 fn ratio(a: &Value, b: &Value, path: &[&str]) -> Value {

@@ -60,6 +60,9 @@ impl Row {
 /// Per listener, per backend that answered (`None`: the LB itself).
 type Rows = BTreeMap<Arc<str>, BTreeMap<Option<SocketAddr>, Row>>;
 
+/// A listener and the backend that answered, as `GET /metrics` labels a row.
+type Key = (Arc<str>, Option<SocketAddr>);
+
 /// One worker's request counters, which only that worker writes: requests on different cores
 /// never wait for one lock nor pass a cache line back and forth. Aligned so that no other
 /// allocation shares its cache lines.
@@ -101,7 +104,7 @@ impl Metrics {
 
     /// Prometheus text format.
     pub fn render(&self) -> String {
-        let mut sum = BTreeMap::<(Arc<str>, Option<SocketAddr>), Row>::new();
+        let mut sum = BTreeMap::<Key, Row>::new();
         for shard in &self.shards {
             let rows = shard.rows.lock().unwrap_or_else(PoisonError::into_inner);
             for (listener, backends) in rows.iter() {
@@ -113,7 +116,7 @@ impl Metrics {
             }
         }
         let mut out = String::new();
-        let labels = |(listener, backend): &(Arc<str>, Option<SocketAddr>)| {
+        let labels = |(listener, backend): &Key| {
             let backend = backend.map_or_else(|| "-".to_string(), |b| b.to_string());
             format!("listener=\"{listener}\",backend=\"{backend}\"")
         };
