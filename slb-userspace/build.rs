@@ -1,5 +1,6 @@
-//! Builds the XDP program (`slb-ebpf`) for `bpfel-unknown-none` with the nightly toolchain and
-//! `bpf-linker` that `cargo xtask setup` installs, so the agent embeds the object it loads.
+//! Builds the BPF programs of `slb-ebpf` (the XDP program and the proxy's worker picker) for
+//! `bpfel-unknown-none` with the nightly toolchain and `bpf-linker` that `cargo xtask setup`
+//! installs, so the agent embeds the objects it loads.
 use std::{env, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _};
@@ -59,7 +60,12 @@ fn main() -> anyhow::Result<()> {
             "building slb-ebpf failed ({status}); `cargo xtask setup` installs the BPF toolchain"
         );
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/slb-ebpf");
-    println!("cargo:rustc-env=SLB_EBPF_OBJECT={}", obj.display());
+    let objects = target_dir.join("bpfel-unknown-none/release");
+    for (var, bin) in [
+        ("SLB_EBPF_OBJECT", "slb-ebpf"),
+        ("SLB_WORKERS_OBJECT", "slb-workers"),
+    ] {
+        println!("cargo:rustc-env={var}={}", objects.join(bin).display());
+    }
     Ok(())
 }

@@ -371,6 +371,30 @@ pub const GS_NAMES: [&str; GS_COUNT as usize] = [
     "reverse_nat",
 ];
 
+/// The proxy's worker picker (`slb-workers`, a reuseport program): its map of worker states
+/// and its program. A listener's sockets join their `SO_REUSEPORT` group in worker order, so
+/// the index the program returns is a worker's.
+pub const MAP_PROXY_WORKERS: &str = "PROXY_WORKERS";
+pub const PROGRAM_PICK_WORKER: &str = "slb_pick_worker";
+/// The worker count the program is loaded with (a read-only global).
+pub const GLOBAL_PROXY_WORKERS: &str = "PROXY_WORKER_COUNT";
+/// Workers the program chooses between; an agent with more runs without it.
+pub const MAX_PROXY_WORKERS: u32 = 256;
+
+/// One proxy worker's state as the worker picker reads it (`PROXY_WORKERS[worker]`), written
+/// by the worker through a shared mapping of the map. A cache line each: a worker writes its
+/// own twice per wait, and a shared line would bounce between the cores on every one.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyWorker {
+    /// Client connections the worker has open.
+    pub connections: u32,
+    /// Non-zero while the worker waits for events with nothing to run.
+    pub parked: u32,
+    pub _pad: [u32; 14],
+}
+const _: () = assert!(size_of::<ProxyWorker>() == 64);
+
 /// The flow hash used by `sch`/`tch`/`qch` and by `wlc`'s two choices, identical in the
 /// kernel and in `slb simulate`: a 32-bit FNV-1a over 32-bit words, followed by a
 /// murmur3-style finalizer so that low bits are well mixed before the modulo.

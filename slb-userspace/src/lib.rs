@@ -26,3 +26,5 @@ mod test_certs;
 
 /// The XDP object built from `slb-ebpf` by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SLB_EBPF_OBJECT"));
+/// The proxy's worker picker (`proxy::steer`), built beside it.
+pub static WORKERS_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SLB_WORKERS_OBJECT"));

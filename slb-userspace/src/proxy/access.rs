@@ -19,7 +19,10 @@ use hyper::{
 };
 use serde_json::json;
 
-use super::forward::{Body, BodyError};
+use super::{
+    forward::{Body, BodyError},
+    steer::Load,
+};
 
 /// What is known about a request when its response head is ready.
 pub struct Record {
@@ -91,15 +94,17 @@ impl Shard {
     }
 }
 
-/// Request counters per listener and backend (`GET /metrics`): the sum of the workers' shards.
+/// Request counters per listener and backend (`GET /metrics`): the sum of the workers' shards;
+/// and the client connections each worker has open, where the worker picker counts them.
 #[derive(Default)]
 pub struct Metrics {
     shards: Vec<Arc<Shard>>,
+    loads: Vec<Arc<Load>>,
 }
 
 impl Metrics {
-    pub fn new(shards: Vec<Arc<Shard>>) -> Metrics {
-        Metrics { shards }
+    pub fn new(shards: Vec<Arc<Shard>>, loads: Vec<Arc<Load>>) -> Metrics {
+        Metrics { shards, loads }
     }
 
     /// Prometheus text format.
@@ -157,6 +162,16 @@ impl Metrics {
             for (k, row) in &sum {
                 let _ = writeln!(out, "{name}{{{}}} {}", labels(k), value(row));
             }
+        }
+        if !self.loads.is_empty() {
+            out.push_str("# HELP slb_proxy_worker_connections Client connections open on each proxy worker.\n# TYPE slb_proxy_worker_connections gauge\n");
+        }
+        for (worker, load) in self.loads.iter().enumerate() {
+            let n = load.open_connections();
+            let _ = writeln!(
+                out,
+                "slb_proxy_worker_connections{{worker=\"{worker}\"}} {n}"
+            );
         }
         out
     }
@@ -278,7 +293,7 @@ mod tests {
     #[test]
     fn metrics_sum_the_workers_shards() {
         let shards: Vec<Arc<Shard>> = (0..2).map(|_| Arc::default()).collect();
-        let metrics = Metrics::new(shards.clone());
+        let metrics = Metrics::new(shards.clone(), Vec::new());
         let web: Arc<str> = "lb-1/http/80".into();
         let b1 = Some(SocketAddr::from(([10, 0, 0, 1], 8080)));
         let ms = Duration::from_millis;

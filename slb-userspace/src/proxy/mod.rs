@@ -14,6 +14,7 @@ pub mod gzip;
 pub mod h1;
 pub mod pool;
 pub mod rules;
+pub mod steer;
 pub mod sticky;
 pub mod tls;
 
@@ -91,10 +92,12 @@ impl Route {
     }
 }
 
-/// What a worker's listeners share: its backend connections and its request counters.
+/// What a worker's listeners share: its backend connections, its request counters and its
+/// state for the worker picker.
 pub struct Shared {
     pub backends: Arc<backend::Backends>,
     pub metrics: Arc<access::Shard>,
+    pub load: Option<Arc<steer::Load>>,
 }
 
 /// A thread with a single-threaded runtime of its own that accepts on every listener, as an
@@ -109,10 +112,19 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(index: usize, metrics: Arc<access::Shard>) -> std::io::Result<Worker> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    fn start(
+        index: usize,
+        metrics: Arc<access::Shard>,
+        load: Option<Arc<steer::Load>>,
+    ) -> std::io::Result<Worker> {
+        let mut rt = tokio::runtime::Builder::new_current_thread();
+        rt.enable_all();
+        if let Some(load) = &load {
+            let (parked, unparked) = (load.clone(), load.clone());
+            rt.on_thread_park(move || parked.set_parked(true))
+                .on_thread_unpark(move || unparked.set_parked(false));
+        }
+        let rt = rt.build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -125,6 +137,7 @@ impl Worker {
             shared: Arc::new(Shared {
                 backends: Arc::default(),
                 metrics,
+                load,
             }),
             stop: Some(stop),
             thread: Some(thread),
@@ -167,6 +180,8 @@ struct Served {
 pub struct Proxy {
     health: Arc<Status>,
     metrics: Arc<access::Metrics>,
+    /// `None` where the picker could not be loaded: the kernel hashes new connections.
+    steering: Option<steer::Steering>,
     workers: Vec<Worker>,
     served: HashMap<SocketAddr, Served>,
     /// VIPs this agent made local.
@@ -221,18 +236,28 @@ impl Proxy {
     pub fn new(health: Arc<Status>) -> Result<Proxy, ProxyError> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards: Vec<Arc<access::Shard>> = (0..cores).map(|_| Arc::default()).collect();
+        let steering = steer::Steering::load(cores)
+            .inspect_err(|e| {
+                log::warn!("{e}; the kernel spreads new connections over the proxy workers")
+            })
+            .ok();
+        let loads: Vec<Arc<steer::Load>> = steering
+            .iter()
+            .flat_map(|s| (0..cores).map(|w| Arc::new(s.load_of(w))))
+            .collect();
         let workers = shards
             .iter()
             .enumerate()
             .map(|(index, shard)| {
-                Worker::start(index, shard.clone())
+                Worker::start(index, shard.clone(), loads.get(index).cloned())
                     .map_err(|source| ProxyError::Worker { index, source })
             })
             .collect::<Result<_, _>>()?;
-        let metrics = Arc::new(access::Metrics::new(shards));
+        let metrics = Arc::new(access::Metrics::new(shards, loads));
         Ok(Proxy {
             health,
             metrics,
+            steering,
             workers,
             served: HashMap::new(),
             local: BTreeSet::new(),
@@ -314,15 +339,15 @@ impl Proxy {
                 errors.push(e);
                 continue;
             }
-            // A socket per worker: the kernel hands each new connection to one of them, so a
-            // connection wakes one worker only (nginx's `reuseport`). Measured against it on
-            // the loopback rig and in the bench: one socket that every worker waits on (tokio
-            // cannot ask for EPOLLEXCLUSIVE, so each connection wakes them all), with or without
-            // one accept per wakeup, and handing a connection to the worker with the fewest
-            // open ones. Each cut HTTPS keep-alive p99 by 3-7 %, and each cost more elsewhere:
-            // HTTPS new-connection p99 +20 % (accepting until EAGAIN), HTTP new-connection p99
-            // +14 % and 8 % of requests per CPU-second (one accept per wakeup), HTTP
-            // new-connection p99 +9 % (handoff).
+            // A socket per worker: a new connection wakes the one worker it is queued for,
+            // which the picker (`steer`) chooses among those waiting for work. Measured before
+            // the picker, on the loopback rig and in the bench: one socket that every worker
+            // waits on (tokio cannot ask for EPOLLEXCLUSIVE, so each connection wakes them all),
+            // with or without one accept per wakeup, and handing a connection to the worker with
+            // the fewest open ones. Each cut HTTPS keep-alive p99 by 3-7 %, and each cost more
+            // elsewhere: HTTPS new-connection p99 +20 % (accepting until EAGAIN), HTTP
+            // new-connection p99 +14 % and 8 % of requests per CPU-second (one accept per
+            // wakeup), HTTP new-connection p99 +9 % (handoff).
             let listeners = match free(addr).and_then(|()| {
                 self.workers
                     .iter()
@@ -335,6 +360,11 @@ impl Proxy {
                     continue;
                 }
             };
+            if let (Some(steering), Some(first)) = (&mut self.steering, listeners.first()) {
+                if let Err(e) = steering.attach(first) {
+                    log::warn!("{addr}: {e}; the kernel spreads its new connections");
+                }
+            }
             let scheme = route.scheme;
             let (route, route_rx) = watch::channel(Arc::new(route));
             let (stop, stop_rx) = watch::channel(false);
@@ -535,6 +565,12 @@ struct Connection {
     shared: Arc<Shared>,
 }
 
+/// Runs a connection's future, counted open for the worker picker until it ends or is dropped.
+async fn counted(open: Option<steer::Open>, serve: impl std::future::Future<Output = ()>) {
+    let _open = open;
+    serve.await
+}
+
 /// Requests served on a connection and when it last went idle: HTTP/2's idle timeout and
 /// request limit are enforced from this.
 struct Activity {
@@ -583,9 +619,16 @@ impl Connection {
     fn spawn(self, stream: TcpStream) {
         let route = self.route.borrow().clone();
         let idle = Duration::from_secs(route.http.idle_timeout.into());
+        let open = self.shared.load.as_ref().map(|l| l.open());
         match route.tls.clone() {
-            None => tokio::spawn(Box::pin(self.serve_http1(stream, idle, false))),
-            Some(acceptor) => tokio::spawn(Box::pin(self.serve_tls(stream, acceptor, idle))),
+            None => tokio::spawn(Box::pin(counted(
+                open,
+                self.serve_http1(stream, idle, false),
+            ))),
+            Some(acceptor) => tokio::spawn(Box::pin(counted(
+                open,
+                self.serve_tls(stream, acceptor, idle),
+            ))),
         };
     }
 
@@ -721,6 +764,34 @@ mod tests {
         assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
         drop((first, second));
         free(addr).unwrap();
+    }
+
+    /// A worker tells the picker when it waits for work and what connections it has open.
+    #[test]
+    fn workers_report_their_load() {
+        let steering = steer::Steering::load(1).unwrap();
+        let load = Arc::new(steering.load_of(0));
+        let worker = Worker::start(0, Arc::default(), Some(load.clone())).unwrap();
+        let until = |want: (u32, bool)| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let get = || (load.open_connections(), load.is_parked());
+            while get() != want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            get()
+        };
+        assert_eq!(until((0, true)), (0, true), "an idle worker waits");
+        let (busy, running) = std::sync::mpsc::channel();
+        let (done, finish) = std::sync::mpsc::channel::<()>();
+        worker.handle.spawn(async move {
+            busy.send(()).unwrap();
+            // Holds the worker's thread, as a long request's work would.
+            let _ = finish.recv();
+        });
+        running.recv().unwrap();
+        assert!(!load.is_parked(), "a worker running a task is not waiting");
+        done.send(()).unwrap();
+        assert_eq!(until((0, true)), (0, true), "the worker waits again");
     }
 
     /// Answers go out as they are written, on connections that set nothing themselves.
