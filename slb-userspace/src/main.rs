@@ -441,6 +441,7 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
     let api = std::sync::Arc::new(api);
     let mut current = published.borrow_and_update().clone();
     let (mut agent, report) = Agent::start(&current.config)?;
+    return_startup_memory();
     applied_tx.send_replace(current.generation);
     log::info!("programmed: {report:?}");
     let verifier = std::sync::Arc::new(api::sign::Verifier::new(keys));
@@ -502,6 +503,14 @@ fn serve_api(cfg: config::Config, section: config::ApiSection) -> anyhow::Result
     })
 }
 
+/// Called once both BPF objects are loaded. aya parsed the kernel's BTF for each (some 18 MB,
+/// freed at once); the allocator keeps freed pages until their thread allocates enough again,
+/// which an idle agent's main thread does not.
+fn return_startup_memory() {
+    // SAFETY: a plain call into the global allocator.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// What the agent runs beside the data plane: health checks and HTTP listeners.
 struct Services {
     checks: health::Engine,
@@ -548,6 +557,7 @@ fn serve(path: &Path, ifaces: Vec<String>, mode: Option<Mode>) -> anyhow::Result
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut services = Services::new()?;
+        return_startup_memory();
         services.apply(&cfg);
         println!(
             "slb ready: {} listeners on [{}], maps pinned at {}",
