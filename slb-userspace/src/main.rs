@@ -212,6 +212,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if !slb::proxy::tls::allocate_with_mimalloc() {
+        log::warn!("OpenSSL had allocated memory before start-up; it keeps glibc's malloc");
+    }
     let cli = Cli::parse();
     let long_running = matches!(
         cli.cmd,
