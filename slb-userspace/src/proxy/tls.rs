@@ -78,9 +78,14 @@ const TLS13: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_
 /// B10.21: both the session cache and the tickets forget a session after this long.
 const SESSION_LIFETIME: c_long = 300;
 
-// libssl exports this function, but neither openssl nor openssl-sys binds it.
+// libssl and libcrypto export these functions, but neither openssl nor openssl-sys binds them.
 extern "C" {
     fn SSL_CTX_set_timeout(ctx: *mut c_void, seconds: c_long) -> c_long;
+    fn CRYPTO_set_mem_functions(
+        m: unsafe extern "C" fn(usize, *const c_char, c_int) -> *mut c_void,
+        r: unsafe extern "C" fn(*mut c_void, usize, *const c_char, c_int) -> *mut c_void,
+        f: unsafe extern "C" fn(*mut c_void, *const c_char, c_int),
+    ) -> c_int;
 }
 
 /// Hands OpenSSL's allocations to mimalloc, as the agent's own are. OpenSSL allocates and frees
@@ -105,13 +110,6 @@ pub fn allocate_with_mimalloc() -> bool {
     unsafe extern "C" fn free(p: *mut c_void, _: *const c_char, _: c_int) {
         // SAFETY: as for `realloc`.
         unsafe { libmimalloc_sys::mi_free(p) }
-    }
-    unsafe extern "C" {
-        fn CRYPTO_set_mem_functions(
-            m: unsafe extern "C" fn(usize, *const c_char, c_int) -> *mut c_void,
-            r: unsafe extern "C" fn(*mut c_void, usize, *const c_char, c_int) -> *mut c_void,
-            f: unsafe extern "C" fn(*mut c_void, *const c_char, c_int),
-        ) -> c_int;
     }
     // SAFETY: OpenSSL takes the three functions only while it has allocated nothing, so no
     // block from one allocator can reach the other's free.
