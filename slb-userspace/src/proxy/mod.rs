@@ -178,8 +178,9 @@ fn short_slice() -> std::io::Result<()> {
         *libc::__errno_location() = 0;
         libc::getpriority(libc::PRIO_PROCESS, 0)
     };
-    if nice == -1 && std::io::Error::last_os_error().raw_os_error() != Some(0) {
-        return Err(std::io::Error::last_os_error());
+    let errno = std::io::Error::last_os_error();
+    if nice == -1 && errno.raw_os_error() != Some(0) {
+        return Err(errno);
     }
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
