@@ -200,7 +200,7 @@ struct Logged {
 impl Logged {
     fn finish(&mut self, complete: bool) {
         let Some(r) = self.record.take() else { return };
-        let total = r.start.elapsed();
+        let total = super::now().duration_since(r.start);
         self.metrics.add(&r, self.bytes, total, complete);
         if !log::log_enabled!(target: "slb::access", log::Level::Info) {
             return;

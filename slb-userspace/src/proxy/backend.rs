@@ -84,7 +84,7 @@ impl Backends {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < IDLE_LIFETIME && quiet(&idle.link.stream) {
+            if super::now().duration_since(idle.since) < IDLE_LIFETIME && quiet(&idle.link.stream) {
                 return Some(Conn::Pooled(idle.link));
             }
         }
@@ -92,7 +92,7 @@ impl Backends {
     }
 
     fn put(&self, addr: SocketAddr, link: Link) {
-        let now = Instant::now();
+        let now = super::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(addr).or_default();
         if list.len() >= MAX_IDLE {
@@ -119,7 +119,7 @@ impl Backends {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(super::now()) + timeout;
         // A pooled connection's buffer is reused: the head is written from it, and the answer
         // read into it.
         let (mut stream, mut buf, mut timer, mut pooled) = match conn {

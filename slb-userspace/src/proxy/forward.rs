@@ -8,7 +8,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Instant,
 };
 
 use base64::Engine as _;
@@ -396,7 +395,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BodyError> + Send,
 {
-    let start = Instant::now();
+    let start = super::now();
     let mut record = Record {
         listener: route.name.clone(),
         client: client.addr,
@@ -429,7 +428,7 @@ where
     .await;
     record.backend = backend;
     record.status = answer.resp.status();
-    record.head = start.elapsed();
+    record.head = super::now().duration_since(start);
     let resp = match &route.bandwidth {
         Some(bucket) => bandwidth::limited(answer.resp, bucket.clone()),
         None => answer.resp,

@@ -190,7 +190,7 @@ pub async fn serve<S, H, F>(
     let mut stopping = std::pin::pin!(stop.changed());
     // B9.7: the next head within IdleTimeout of the last answer. One timer per connection,
     // moved only when it fires early, rather than one set and cancelled per request.
-    let mut idle_since = Instant::now();
+    let mut idle_since = Instant::from_std(super::now());
     let mut idle_timer = std::pin::pin!(tokio::time::sleep(idle));
     let end = 'requests: loop {
         // Stopping closes a connection that waits for its next request.
@@ -201,12 +201,16 @@ pub async fn serve<S, H, F>(
             out = BytesMut::new();
         }
         let head = loop {
+            // Biased, the head first: a request that came is served without polling the stop
+            // and the idle timer, which register the task's waker each time (the stop under a
+            // lock).
             tokio::select! {
+                biased;
                 h = r.head() => break h,
                 _ = &mut stopping, if waiting => break 'requests Ok(End::Close),
                 () = &mut idle_timer => {
                     let due = idle_since + idle;
-                    if Instant::now() >= due {
+                    if Instant::from_std(super::now()) >= due {
                         break 'requests Ok(End::Close);
                     }
                     idle_timer.as_mut().reset(due);
@@ -240,7 +244,7 @@ pub async fn serve<S, H, F>(
             Ok(Step::End(end)) => break Ok(end),
             Err(e) => break Err(e),
         }
-        idle_since = Instant::now();
+        idle_since = Instant::from_std(super::now());
     };
     let result = match end {
         Ok(End::Close) if close_notify => write.shutdown().await,
