@@ -943,6 +943,26 @@ mod tests {
         assert!(size <= alone + 16, "{size} bytes for a {alone}-byte future");
     }
 
+    /// `now` holds still for the length of a connection task's poll, reads the clock again on
+    /// the next poll, and reads it on every call outside one.
+    #[tokio::test]
+    async fn the_clock_is_read_once_per_poll_of_a_connection() {
+        let serve = async {
+            let first = now();
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(now(), first, "one reading for the whole poll");
+            tokio::task::yield_now().await;
+            let next = now();
+            assert!(next - first >= Duration::from_millis(5), "read again");
+            next
+        };
+        let polled = Counted { serve, _open: None }.await;
+        let outside = now();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(now() - outside >= Duration::from_millis(5));
+        assert!(outside > polled);
+    }
+
     /// Answers go out as they are written, on connections that set nothing themselves.
     #[tokio::test]
     async fn accepted_connections_do_not_wait_to_send() {
