@@ -652,32 +652,50 @@ impl<F: std::future::Future> std::future::Future for Counted<F> {
     }
 }
 
+/// The clock as [`now`] sees it on this thread.
+#[derive(Clone, Copy)]
+enum PollClock {
+    /// Not inside a connection task's poll.
+    Outside,
+    /// Inside one, before anything asked for the time.
+    Unread,
+    Read(Instant),
+}
+
 thread_local! {
-    static POLLED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    static POLL_CLOCK: std::cell::Cell<PollClock> = const { std::cell::Cell::new(PollClock::Outside) };
 }
 
-/// The time, read once per poll of a client connection's task (as nginx reads it once per turn
-/// of its event loop): a keep-alive request took seven clock reads otherwise (its start, its
-/// head's and its end's timings, the backend pool's idle times, the `RequestTimeout` deadline,
-/// the connection's idle time), some 1.5 % of a worker's time under `cargo xtask bench l7`.
-/// A poll lasts microseconds. Elsewhere, the clock is read on each call.
+/// The time, read at most once per poll of a client connection's task (as nginx reads it once
+/// per turn of its event loop): a keep-alive request took seven clock reads otherwise (its
+/// start, its head's and its end's timings, the backend pool's idle times, the `RequestTimeout`
+/// deadline, the connection's idle time), some 1.5 % of a worker's time under `cargo xtask
+/// bench l7`. A poll lasts microseconds. Elsewhere, the clock is read on each call.
 pub fn now() -> Instant {
-    POLLED_AT.get().unwrap_or_else(Instant::now)
+    match POLL_CLOCK.get() {
+        PollClock::Read(at) => at,
+        PollClock::Unread => {
+            let at = Instant::now();
+            POLL_CLOCK.set(PollClock::Read(at));
+            at
+        }
+        PollClock::Outside => Instant::now(),
+    }
 }
 
-/// Sets [`now`] for the poll under way until dropped.
+/// Marks the poll under way for [`now`] until dropped; a poll that never asks reads no clock.
 struct PolledAt;
 
 impl PolledAt {
     fn start() -> PolledAt {
-        POLLED_AT.set(Some(Instant::now()));
+        POLL_CLOCK.set(PollClock::Unread);
         PolledAt
     }
 }
 
 impl Drop for PolledAt {
     fn drop(&mut self) {
-        POLLED_AT.set(None);
+        POLL_CLOCK.set(PollClock::Outside);
     }
 }
 
@@ -943,12 +961,19 @@ mod tests {
         assert!(size <= alone + 16, "{size} bytes for a {alone}-byte future");
     }
 
-    /// `now` holds still for the length of a connection task's poll, reads the clock again on
-    /// the next poll, and reads it on every call outside one.
+    /// `now` reads the clock when a connection task's poll first asks, holds still for the rest
+    /// of that poll, reads the clock again on the next poll, and reads it on every call outside
+    /// one.
     #[tokio::test]
     async fn the_clock_is_read_once_per_poll_of_a_connection() {
         let serve = async {
+            let polled = Instant::now();
+            std::thread::sleep(Duration::from_millis(5));
             let first = now();
+            assert!(
+                first - polled >= Duration::from_millis(5),
+                "read when first asked"
+            );
             std::thread::sleep(Duration::from_millis(5));
             assert_eq!(now(), first, "one reading for the whole poll");
             tokio::task::yield_now().await;
