@@ -27,10 +27,20 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `slb serve --config <config>` in namespace `ns`. With `own_process_group`,
-    /// Ctrl-C in the terminal reaches only xtask, which then stops the agent in order.
-    pub fn start(slb: &Path, config: &Path, ns: &str, own_process_group: bool) -> Result<Agent> {
+    /// Ctrl-C in the terminal reaches only xtask, which then stops the agent in order. `quiet`:
+    /// warnings and errors only, no access log.
+    pub fn start(
+        slb: &Path,
+        config: &Path,
+        ns: &str,
+        own_process_group: bool,
+        quiet: bool,
+    ) -> Result<Agent> {
         // Only the network namespace: the agent's pins under /sys/fs/bpf are the host's.
         let mut serve = lab::netns_command(ns, slb);
+        if quiet {
+            serve.env("RUST_LOG", "warn");
+        }
         serve
             .args(["serve", "--config"])
             .arg(config)

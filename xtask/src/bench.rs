@@ -292,7 +292,7 @@ fn compare(slb: &Path) -> Result<Value> {
 
 /// `slb serve` in the LB namespace for the window, then stopped and unloaded.
 fn measure_xdp(slb: &Path, config: &Path, lab: &Lab) -> Result<Value> {
-    let mut agent = Agent::start(slb, config, lab.lb_ns(), false)?;
+    let mut agent = Agent::start(slb, config, lab.lb_ns(), false, false)?;
     let measured = wait_ready(&mut agent).and_then(|()| measure(lab));
     let stopped = agent.stop();
     let unloaded = unload(slb, lab.lb_ns(), Path::new(PIN_PATH));

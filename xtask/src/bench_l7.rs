@@ -65,9 +65,24 @@ use crate::{
 
 /// Relative to the workspace root.
 const RESULTS: &str = "bench/results/l7.json";
-const PREFIX: &str = "slbl7b";
-const N: u8 = 80;
-const PIN_PATH: &str = "/sys/fs/bpf/slb-bench-l7";
+/// Where a lab of the bench's loads lives. The bench and the profile training of a build
+/// ([`train`]) each have their own, so that a build may run while a bench does.
+#[derive(Clone, Copy)]
+struct Site {
+    prefix: &'static str,
+    n: u8,
+    pins: &'static str,
+}
+const BENCH: Site = Site {
+    prefix: "slbl7b",
+    n: 80,
+    pins: "/sys/fs/bpf/slb-bench-l7",
+};
+const TRAINING: Site = Site {
+    prefix: "slbl7t",
+    n: 81,
+    pins: "/sys/fs/bpf/slb-train-l7",
+};
 const HTTP_PORT: u16 = 80;
 const HTTPS_PORT: u16 = 443;
 const BACKEND_PORT: u16 = 8080;
@@ -81,6 +96,8 @@ const CONNECTIONS: usize = 64;
 const WRK_THREADS: usize = 2;
 const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
+/// What profile training gives each wrk variant.
+const TRAINING_WINDOW: Duration = Duration::from_secs(2);
 /// Rounds of the load part; every figure reported is the median over them. With three, the
 /// medians of consecutive runs with small code changes between them still differed by up to
 /// 0.15 (HTTPS keep-alive per CPU-second: 0.89, then 1.04).
@@ -107,46 +124,10 @@ const WRK_SCRIPT: &str = include_str!("bench_l7_wrk.lua");
 const CLIENT: &str = include_str!("bench_l7_client.py");
 
 pub fn l7(ws: &Workspace) -> Result<()> {
-    // Like nginx's and HAProxy's here, the agent's access log is off (its children inherit).
-    std::env::set_var("RUST_LOG", "warn");
-    // Installed before anything is created: Ctrl-C then ends the current step (wrk and the
-    // Python client share our process group and stop; the proxies have their own and are
-    // stopped in order) and everything is torn down on the way out.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
-    }
     setup::run()?;
     let slb = ws.build_slb()?;
-    let nofile = raise_nofile()?;
     let versions = versions()?;
-
-    let scratch =
-        OwnedDir(std::env::temp_dir().join(format!("slb-bench-l7-{}", std::process::id())));
-    scratch.remove()?;
-    std::fs::create_dir_all(&scratch.0)
-        .with_context(|| format!("creating {}", scratch.0.display()))?;
-    let pins = OwnedDir(PIN_PATH.into());
-    // A crashed earlier run may have left pinned maps that the agent would pick up again.
-    pins.remove()?;
-    let lab = Lab::up(PREFIX, N, 1)?;
-    let bench = Bench {
-        slb,
-        nofile,
-        dir: scratch.0.clone(),
-        lab,
-        interrupted,
-    };
-    bench.prepare()?;
-    let report = bench.run(versions);
-    let Bench { lab, .. } = bench;
-    let down = lab.down().context("tearing the bench lab down");
-    let cleaned = pins.remove().and(scratch.remove());
-    let report = report?;
-    down.and(cleaned)?;
-
+    let report = in_lab(&slb, BENCH, |bench| bench.run(versions))?;
     let path = write_results(
         ws,
         RESULTS,
@@ -155,6 +136,61 @@ pub fn l7(ws: &Workspace) -> Result<()> {
     print!("{}", markdown(&report));
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// Runs the agent at `slb`, built with `-Cprofile-generate`, through the bench's HTTP and
+/// HTTPS loads for a few seconds each, so that the profile it writes on exit covers the
+/// proxy's work.
+pub fn train(slb: &Path) -> Result<()> {
+    in_lab(slb, TRAINING, |bench| {
+        let mut backend = bench.start_backend()?;
+        bench.with_proxy(Proxy::Slb, |_| {
+            for case in Case::ALL {
+                match case {
+                    Case::Wrk { proto, port, load } => {
+                        println!("==> training: {}", case.label());
+                        let url = format!("{proto}://{}/", SocketAddr::new(bench.vip(), port));
+                        bench.wrk(&url, load, TRAINING_WINDOW)?;
+                    }
+                    Case::Handshakes => {}
+                }
+            }
+            Ok(Value::Null)
+        })?;
+        backend.stop()
+    })
+}
+
+/// Brings the lab of `site` up with the bench's files, runs `f`, and
+/// tears it all down. Ctrl-C ends the current step (wrk and the Python client share our
+/// process group and stop; the proxies have their own and are stopped in order).
+fn in_lab<T>(slb: &Path, site: Site, f: impl FnOnce(&Bench) -> Result<T>) -> Result<T> {
+    let interrupted = crate::interrupted()?;
+    let nofile = raise_nofile()?;
+    let scratch =
+        OwnedDir(std::env::temp_dir().join(format!("{}-{}", site.prefix, std::process::id())));
+    scratch.remove()?;
+    std::fs::create_dir_all(&scratch.0)
+        .with_context(|| format!("creating {}", scratch.0.display()))?;
+    let pins = OwnedDir(site.pins.into());
+    // A crashed earlier run may have left pinned maps that the agent would pick up again.
+    pins.remove()?;
+    let lab = Lab::up(site.prefix, site.n, 1)?;
+    let bench = Bench {
+        slb: slb.to_path_buf(),
+        site,
+        nofile,
+        dir: scratch.0.clone(),
+        lab,
+        interrupted,
+    };
+    let out = bench.prepare().and_then(|()| f(&bench));
+    let Bench { lab, .. } = bench;
+    let down = lab.down().context("tearing the bench lab down");
+    let cleaned = pins.remove().and(scratch.remove());
+    let out = out?;
+    down.and(cleaned)?;
+    Ok(out)
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard one (raising the hard limit needs CAP_SYS_RESOURCE,
@@ -283,6 +319,7 @@ impl Case {
 
 struct Bench {
     slb: PathBuf,
+    site: Site,
     /// RLIMIT_NOFILE of every process started.
     nofile: u64,
     /// Configurations, certificate, scripts and logs.
@@ -352,7 +389,8 @@ impl Bench {
         Ok(())
     }
 
-    fn run(&self, versions: Value) -> Result<Value> {
+    /// The backend's nginx, serving.
+    fn start_backend(&self) -> Result<Daemon> {
         println!(
             "==> backend: nginx on {} ({BODY_BYTES}-byte body)",
             self.backend()
@@ -365,6 +403,11 @@ impl Bench {
             self.dir.join("backend.log"),
         )?;
         self.wait_serving(&[self.backend()], &mut || backend.alive())?;
+        Ok(backend)
+    }
+
+    fn run(&self, versions: Value) -> Result<Value> {
+        let mut backend = self.start_backend()?;
         let backend_pids = process_tree(backend.pid())?;
 
         let mut proxies = json!({});
@@ -424,10 +467,10 @@ impl Bench {
         let workers = workers();
         Ok(json!({
             "topology": format!(
-                "lab {PREFIX} (n = {N}): client, LB and one backend namespace joined by veth pairs \
+                "lab {} (n = {}): client, LB and one backend namespace joined by veth pairs \
                  through the LB namespace; the proxies serve {}:{HTTP_PORT} and {}:{HTTPS_PORT}, \
                  the backend is {}",
-                self.vip(), self.vip(), self.backend()
+                self.site.prefix, self.site.n, self.vip(), self.vip(), self.backend()
             ),
             "backend": format!(
                 "nginx, 1 worker, `return 200` with a {BODY_BYTES}-byte body, keep-alive without \
@@ -531,12 +574,15 @@ impl Bench {
         let log = self.dir.join(format!("{}.log", proxy.key()));
         let mut running = match proxy {
             Proxy::Slb => {
-                let agent = Agent::start(&self.slb, &self.dir.join("slb.toml"), ns, true)?;
+                // Like nginx's and HAProxy's here, the agent's access log is off.
+                let config = self.dir.join("slb.toml");
+                let agent = Agent::start(&self.slb, &config, ns, true, true)?;
                 let mut running = Running::Slb {
                     agent,
                     slb: self.slb.clone(),
                     ns: ns.to_string(),
                     vip: self.vip(),
+                    pins: self.site.pins,
                 };
                 if let Running::Slb { agent, .. } = &mut running {
                     wait_ready(agent)?;
@@ -826,12 +872,13 @@ impl Bench {
             )
         };
         format!(
-            "[Agent]\nInterfaces = [{}]\nPinPath = \"{PIN_PATH}\"\nFlowTableSize = 65536\n\n\
+            "[Agent]\nInterfaces = [{}]\nPinPath = \"{}\"\nFlowTableSize = 65536\n\n\
              [[ServerCertificates]]\nServerCertificateId = \"cert-bench\"\n\
              ServerCertificate = \"cert.pem\"\nPrivateKey = \"key.pem\"\n\n\
              [[LoadBalancers]]\nLoadBalancerId = \"lb-bench-l7\"\nAddress = \"{}\"\n\
              BackendServers = [{{ ServerId = \"{}\", Weight = 100 }}]\n{}{}",
             ifaces.join(", "),
+            self.site.pins,
             self.vip(),
             self.backend().ip(),
             listener("http", HTTP_PORT, ""),
@@ -1240,6 +1287,7 @@ enum Running {
         slb: PathBuf,
         ns: String,
         vip: IpAddr,
+        pins: &'static str,
     },
     Daemon(Daemon),
 }
@@ -1274,9 +1322,10 @@ impl Running {
                 slb,
                 ns,
                 vip,
+                pins,
             } => {
                 let stopped = agent.stop();
-                let unloaded = unload(slb, ns, Path::new(PIN_PATH));
+                let unloaded = unload(slb, ns, Path::new(pins));
                 // The agent made the VIP local with `ip route replace local VIP dev lo`, which
                 // lands in the local table and so replaced the route of the lab's address on
                 // `lo`; on exit it deleted it. Without it nginx and HAProxy cannot bind the VIP.
@@ -1295,7 +1344,7 @@ impl Running {
                 stopped
                     .and(unloaded)
                     .and(restored)
-                    .and(OwnedDir(PIN_PATH.into()).remove())
+                    .and(OwnedDir((*pins).into()).remove())
             }
             Running::Daemon(d) => d.stop(),
         }

@@ -6,7 +6,6 @@ use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc::RecvTimeoutError,
-        Arc,
     },
     time::{Duration, Instant},
 };
@@ -55,7 +54,7 @@ pub fn serve_on_iface(
         serve.args(["--xdp-mode", mode]);
     }
     // Ctrl-C reaches the agent too (same process group); xtask just waits to report its status.
-    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    crate::interrupted()?;
     let status = serve
         .status()
         .with_context(|| format!("running `{}`", cmd::display(&serve)))?;
@@ -65,12 +64,7 @@ pub fn serve_on_iface(
 /// The demo: lab up, toy services on the backends, agent in the LB namespace, until Ctrl-C.
 pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
     // Installed before anything is created, so that Ctrl-C always goes through the cleanup.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let interrupted = crate::interrupted()?;
     let config = ws.root.join(DEMO_CONFIG);
     let (pin_path, keys) = demo_paths(&config)?;
     let pins = OwnedDir(pin_path);
@@ -87,7 +81,7 @@ pub fn run(ws: &Workspace, slb: &Path) -> Result<()> {
     let lab = Lab::up(PREFIX, N, BACKENDS)?;
     let services = start_services(&lab)?;
 
-    let mut agent = Agent::start(slb, &config, lab.lb_ns(), true)?;
+    let mut agent = Agent::start(slb, &config, lab.lb_ns(), true, false)?;
     let outcome = supervise(&mut agent, &interrupted, &lab, slb, &pins.0, &keys);
 
     // Teardown order matters: the agent stops first; `slb unload` then detaches the XDP

@@ -5,6 +5,7 @@
 //! * `demo`: `build-and-load`, the agent in a network-namespace lab, or on a real interface.
 //! * `bench`: `bench l4`, the L4 benchmarks; `bench api`; `bench health`; `bench l7` (in
 //!   `bench_l7`).
+//! * `pgo`: the agent's profile-guided release build, which every command that runs it uses.
 //! * this file: the command line, `test` and `replay`.
 mod agent;
 mod bench;
@@ -13,6 +14,7 @@ mod bpfsys;
 mod demo;
 mod floor;
 mod livegen;
+mod pgo;
 mod setup;
 
 use std::{
@@ -20,6 +22,10 @@ use std::{
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, ExitStatus},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
     time::Instant,
 };
 
@@ -179,13 +185,10 @@ impl Workspace {
         cargo
     }
 
-    /// Builds the agent in release mode and returns the path of the `slb` binary.
+    /// Builds the agent for release, profile-guided ([`pgo`]), and returns the path of the
+    /// `slb` binary.
     fn build_slb(&self) -> Result<PathBuf> {
-        cmd::run_visible(
-            self.cargo()
-                .args(["build", "--release", "-p", "slb-userspace"]),
-        )?;
-        Ok(self.target_dir()?.join("release/slb"))
+        pgo::build(self)
     }
 
     /// Asks cargo, because CARGO_TARGET_DIR or a config file may move it from `target/`.
@@ -202,6 +205,21 @@ impl Workspace {
             .context("`cargo metadata` has no target_directory")?;
         Ok(PathBuf::from(dir))
     }
+}
+
+/// Set by Ctrl-C. The handler is installed on first use and once per process (ctrlc allows no
+/// more): the profile training of a build and the demo or bench that follows it share it.
+/// Ctrl-C then ends the current step and everything is torn down on the way out.
+fn interrupted() -> Result<Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(Arc::clone(flag));
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = Arc::clone(&flag);
+    ctrlc::set_handler(move || set.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    Ok(Arc::clone(FLAG.get_or_init(|| flag)))
 }
 
 /// A directory xtask owns (bpffs pins, the demo API's key and store, a bench's scratch files):

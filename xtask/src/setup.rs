@@ -45,6 +45,7 @@ const SDKS: &[&str] = &[
 
 pub fn run() -> Result<()> {
     nightly_rust_src().context("installing nightly rust-src")?;
+    llvm_tools().context("installing llvm-tools")?;
     bpf_linker().context("installing bpf-linker")?;
     debian_packages().context("installing Debian packages")?;
     bpffs().context("mounting bpffs")?;
@@ -90,6 +91,29 @@ fn nightly_rust_src() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))
+}
+
+/// The profile-guided release build (`pgo`) merges its profile with the `llvm-profdata` of
+/// the toolchain that builds the agent.
+fn llvm_tools() -> Result<()> {
+    // In the workspace, so that rustup answers for the toolchain cargo builds with.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask's manifest directory has no parent")?;
+    let listed = cmd::output(
+        Command::new("rustup")
+            .args(["component", "list", "--installed"])
+            .current_dir(root),
+    )?;
+    if listed.lines().any(|l| l.starts_with("llvm-tools")) {
+        return Ok(());
+    }
+    say("installing llvm-tools (llvm-profdata, for the profile-guided build of the agent)");
+    cmd::run_visible(
+        Command::new("rustup")
+            .args(["component", "add", "llvm-tools"])
+            .current_dir(root),
+    )
 }
 
 /// bpf-linker links the BPF object. Its default build wants a system LLVM, which Debian 12 does
