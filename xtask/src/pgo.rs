@@ -5,8 +5,8 @@
 //! keep-alive case served about 4 % more requests per CPU-second than the plain release build.
 //!
 //! Under `<target>/pgo/`: `generate/` and `use/` (cargo target directories: their compiler
-//! flags differ, so each keeps its own build cache), `raw/` (what the instrumented runs wrote),
-//! `slb.profdata`, and `slb`, the agent built. The training runs again only when the
+//! flags differ, so each keeps its own build cache), `raw/` (what the instrumented runs write,
+//! until it is merged), `slb.profdata`, and `slb`, the agent built. The training runs again only when the
 //! instrumented binary changed.
 use std::{
     path::{Path, PathBuf},
@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use xtask::cmd;
 
-use crate::{bench_l7, Workspace};
+use crate::{bench_l7, OwnedDir, Workspace};
 
 pub fn build(ws: &Workspace) -> Result<PathBuf> {
     let dir = ws.target_dir()?.join("pgo");
@@ -33,12 +33,9 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
         say("2/3: the profile is newer than the instrumented agent; kept");
     } else {
         say("2/3: training: the instrumented agent under bench l7's loads and slb bench-api");
-        match std::fs::remove_dir_all(&raw) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing {}", raw.display()))
-            }
-            _ => {}
-        }
+        // Fresh for each training, and gone once merged.
+        let raw_dir = OwnedDir(raw.clone());
+        raw_dir.remove()?;
         bench_l7::train(&instrumented)?;
         // Its report is not wanted, only the profile of the API's work.
         cmd::output(Command::new(&instrumented).args(["bench-api", "--json"]))?;

@@ -97,13 +97,11 @@ fn nightly_rust_src() -> Result<()> {
 /// the toolchain that builds the agent.
 fn llvm_tools() -> Result<()> {
     // In the workspace, so that rustup answers for the toolchain cargo builds with.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask's manifest directory has no parent")?;
+    let root = crate::Workspace::locate()?.root;
     let listed = cmd::output(
         Command::new("rustup")
             .args(["component", "list", "--installed"])
-            .current_dir(root),
+            .current_dir(&root),
     )?;
     if listed.lines().any(|l| l.starts_with("llvm-tools")) {
         return Ok(());
@@ -112,7 +110,7 @@ fn llvm_tools() -> Result<()> {
     cmd::run_visible(
         Command::new("rustup")
             .args(["component", "add", "llvm-tools"])
-            .current_dir(root),
+            .current_dir(&root),
     )
 }
 
